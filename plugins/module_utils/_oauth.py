@@ -1,0 +1,534 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The collection's only OAuth 2.0 / OpenID Connect client.
+
+Discovery (OIDC and RFC 8414), token exchange (RFC 8693), refresh, revocation (RFC 7009) and
+introspection (RFC 7662) over HTTP. Modules, the lookup and the on-host refresher all use this
+file; nothing else in the collection builds an HTTP request.
+
+Internal to the oidc.tokens collection: no compatibility promise to anyone else.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import random
+import time
+import traceback
+from urllib.parse import quote_plus, urlsplit, urlunsplit
+
+try:
+    import requests
+    HAS_REQUESTS = True
+    REQUESTS_IMPORT_ERROR = None
+except ImportError:
+    requests = None
+    HAS_REQUESTS = False
+    REQUESTS_IMPORT_ERROR = traceback.format_exc()
+
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+
+TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
+TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
+TOKEN_TYPE_REFRESH = 'urn:ietf:params:oauth:token-type:refresh_token'
+TOKEN_TYPE_ID = 'urn:ietf:params:oauth:token-type:id_token'
+TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt'
+
+# Short names users may give instead of the URNs (the same words oidc-agent and CI docs use).
+TOKEN_TYPE_ALIASES = {
+    'access_token': TOKEN_TYPE_ACCESS,
+    'refresh_token': TOKEN_TYPE_REFRESH,
+    'id_token': TOKEN_TYPE_ID,
+    'jwt': TOKEN_TYPE_JWT,
+}
+
+AUTH_METHODS = ('client_secret_basic', 'client_secret_post')
+
+# A token endpoint answers in a few KiB; anything far larger is not an OAuth response.
+MAX_RESPONSE_BYTES = 1024 * 1024
+
+# Statuses after which the provider did not process the request, so spending a credential again is safe.
+_NOT_PROCESSED_STATUSES = frozenset((502, 503, 504))
+
+# Discovery documents, per process, keyed by normalised issuer: one fetch per worker process.
+_METADATA_CACHE = {}
+
+
+class OAuthError(OidcTokensError):
+    """Base of the errors of this file."""
+
+
+class InsecureTransportError(OAuthError):
+    """A plain http:// URL for a host that is not loopback, and insecure HTTP was not allowed."""
+
+
+class TransportError(OAuthError):
+    """The provider could not be reached, or did not answer in time, after the allowed retries."""
+
+
+class ResponseError(OAuthError):
+    """The provider answered with something that is not a usable OAuth response."""
+
+    def __init__(self, message, status=None):
+        super(ResponseError, self).__init__(message)
+        self.status = status
+
+
+class ProviderError(OAuthError):
+    """The provider refused the request with an OAuth error (e.g. invalid_grant)."""
+
+    def __init__(self, message, error=None, error_description=None, status=None):
+        super(ProviderError, self).__init__(message)
+        self.error = error
+        self.error_description = error_description
+        self.status = status
+
+
+class DiscoveryError(OAuthError):
+    """No usable discovery document for the issuer."""
+
+
+class IssuerMismatchError(DiscoveryError):
+    """The discovery document names another issuer than the one configured."""
+
+
+def normalize_issuer(issuer):
+    """The issuer without trailing slashes, for comparing and building URLs.
+
+    IAM issuers end in '/', Keycloak's do not; users type either.
+    """
+    if not issuer or not isinstance(issuer, str):
+        raise DiscoveryError('No issuer URL was given.')
+    issuer = issuer.strip()
+    parts = urlsplit(issuer)
+    if parts.scheme not in ('http', 'https') or not parts.netloc:
+        raise DiscoveryError('The issuer %r is not an http(s) URL.' % issuer)
+    if parts.query or parts.fragment:
+        raise DiscoveryError('The issuer %r must not have a query or fragment.' % issuer)
+    return issuer.rstrip('/')
+
+
+def resolve_token_type(value):
+    """Accept a token-type URN or one of the short names in TOKEN_TYPE_ALIASES."""
+    if value is None:
+        return None
+    return TOKEN_TYPE_ALIASES.get(value, value)
+
+
+def is_loopback_host(host):
+    if not host:
+        return False
+    if host.lower() == 'localhost' or host.lower().endswith('.localhost'):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url_transport(url, allow_insecure_http=False):
+    """Refuse plain HTTP to anything but loopback: tokens and client secrets travel in the body."""
+    parts = urlsplit(url)
+    if parts.scheme == 'https':
+        return
+    if parts.scheme != 'http':
+        raise InsecureTransportError('Refusing %s: only https:// (or http:// on loopback) URLs are used.' % url)
+    if allow_insecure_http or is_loopback_host(parts.hostname):
+        return
+    raise InsecureTransportError(
+        'Refusing plain http:// to %s: tokens and client secrets would cross the network unencrypted. '
+        'Use https://, or set allow_insecure_http if this is really wanted.' % parts.hostname)
+
+
+def _space_list(value):
+    """A scope given as a list or a space-separated string, as one space-separated string."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value if str(v).strip()]
+    else:
+        items = str(value).split()
+    return ' '.join(items) if items else None
+
+
+def _as_list(value):
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if v]
+    return [value] if value else []
+
+
+class TokenResponse(object):
+    """A token endpoint's answer. Its repr shows no token."""
+
+    def __init__(self, access_token=None, refresh_token=None, token_type=None, expires_in=None,
+                 scope=None, issued_token_type=None, id_token=None, received_at=None):
+        self.access_token = access_token
+        self.refresh_token = refresh_token
+        self.token_type = token_type
+        self.expires_in = expires_in
+        self.scope = scope
+        self.issued_token_type = issued_token_type
+        self.id_token = id_token
+        self.received_at = received_at if received_at is not None else time.time()
+
+    @property
+    def expires_at(self):
+        """Epoch seconds when the access token expires, or None when the provider did not say."""
+        if self.expires_in is None:
+            return None
+        return int(self.received_at + self.expires_in)
+
+    @classmethod
+    def from_json(cls, data, received_at=None):
+        expires_in = data.get('expires_in')
+        if expires_in is not None:
+            try:
+                expires_in = int(expires_in)
+            except (TypeError, ValueError):
+                raise ResponseError('The provider sent a non-numeric expires_in.')
+        token = cls(
+            access_token=data.get('access_token'),
+            refresh_token=data.get('refresh_token'),
+            token_type=data.get('token_type'),
+            expires_in=expires_in,
+            scope=data.get('scope'),
+            issued_token_type=data.get('issued_token_type'),
+            id_token=data.get('id_token'),
+            received_at=received_at,
+        )
+        # RFC 8693 to the letter: the issued token is always in access_token and issued_token_type
+        # says what it is. When that is a refresh token, move it to where callers look for it.
+        if token.issued_token_type == TOKEN_TYPE_REFRESH and not token.refresh_token:
+            token.refresh_token, token.access_token = token.access_token, None
+            token.expires_in = None
+        return token
+
+    def __repr__(self):
+        return ('TokenResponse(access_token=%s, refresh_token=%s, token_type=%r, expires_in=%r, scope=%r, '
+                'issued_token_type=%r)' % ('<set>' if self.access_token else None,
+                                           '<set>' if self.refresh_token else None,
+                                           self.token_type, self.expires_in, self.scope, self.issued_token_type))
+
+
+class OAuthClient(object):
+    """A confidential OAuth client of one provider."""
+
+    def __init__(self, issuer, client_id, client_secret=None, auth_method=None, ca_path=None,
+                 validate_certs=True, timeout=10, retries=3, backoff=0.5, allow_insecure_http=False,
+                 user_agent='oidc.tokens'):
+        if not HAS_REQUESTS:
+            raise OAuthError('The Python library requests is required on this host (pip install requests).')
+        if auth_method is not None and auth_method not in AUTH_METHODS:
+            raise OAuthError('Unknown client authentication method %r; use one of %s.'
+                             % (auth_method, ', '.join(AUTH_METHODS)))
+        if not client_id:
+            raise OAuthError('No client_id was given.')
+        self.issuer = normalize_issuer(issuer)
+        check_url_transport(self.issuer, allow_insecure_http)
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self._auth_method = auth_method
+        self.validate_certs = validate_certs
+        self.ca_path = ca_path
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.backoff = backoff
+        self.allow_insecure_http = allow_insecure_http
+        self._session = requests.Session()
+        # No ambient credentials (.netrc) may ride along to the provider; proxies from the
+        # environment are still honoured, explicitly, in _send().
+        self._session.trust_env = False
+        self._session.headers['User-Agent'] = user_agent
+        self._session.headers['Accept'] = 'application/json'
+
+    def __repr__(self):
+        return 'OAuthClient(issuer=%r, client_id=%r)' % (self.issuer, self.client_id)
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    def _discovery_urls(self):
+        parts = urlsplit(self.issuer)
+        oidc_url = self.issuer + '/.well-known/openid-configuration'
+        # RFC 8414 §3.1: the well-known segment goes between the host and the issuer's path.
+        oauth_url = urlunsplit((parts.scheme, parts.netloc,
+                                '/.well-known/oauth-authorization-server' + parts.path, '', ''))
+        return [oidc_url, oauth_url]
+
+    @property
+    def metadata(self):
+        """The provider's discovery document, fetched once per process and issuer."""
+        cached = _METADATA_CACHE.get(self.issuer)
+        if cached is not None:
+            return cached
+        failures = []
+        document = None
+        for url in self._discovery_urls():
+            try:
+                document = self._request_json('GET', url, idempotent=True, what='discovery')
+                break
+            except (ProviderError, ResponseError) as exc:
+                failures.append('%s: %s' % (url, exc))
+        if document is None:
+            raise DiscoveryError('No discovery document for issuer %s. Tried %s'
+                                 % (self.issuer, '; '.join(failures)))
+        announced = document.get('issuer')
+        if not isinstance(announced, str) or normalize_issuer(announced) != self.issuer:
+            raise IssuerMismatchError(
+                'The discovery document of %s names the issuer %r, not the configured one. '
+                'Configure the issuer exactly as the provider announces it.' % (self.issuer, announced))
+        if not isinstance(document.get('token_endpoint'), str):
+            raise DiscoveryError('The discovery document of %s has no token_endpoint.' % self.issuer)
+        _METADATA_CACHE[self.issuer] = document
+        return document
+
+    def endpoint(self, name):
+        """The URL of a named endpoint from discovery, e.g. 'revocation_endpoint'."""
+        url = self.metadata.get(name)
+        if not isinstance(url, str) or not url:
+            raise DiscoveryError('The provider %s announces no %s.' % (self.issuer, name))
+        check_url_transport(url, self.allow_insecure_http)
+        return url
+
+    @property
+    def auth_method(self):
+        if self._auth_method:
+            return self._auth_method
+        supported = self.metadata.get('token_endpoint_auth_methods_supported') or ['client_secret_basic']
+        for method in AUTH_METHODS:
+            if method in supported:
+                return method
+        raise OAuthError('The provider %s supports none of the client authentication methods %s (it offers %s).'
+                         % (self.issuer, ', '.join(AUTH_METHODS), ', '.join(supported)))
+
+    # -- grants ----------------------------------------------------------------------------------
+
+    def token_exchange(self, subject_token, subject_token_type=TOKEN_TYPE_ACCESS,
+                       requested_token_type=TOKEN_TYPE_REFRESH, scope=None, audience=None, resource=None,
+                       actor_token=None, actor_token_type=None):
+        """RFC 8693 token exchange: trade subject_token for a token of requested_token_type."""
+        if not subject_token:
+            raise OAuthError('No subject token was given for the token exchange.')
+        form = [
+            ('grant_type', TOKEN_EXCHANGE_GRANT),
+            ('subject_token', subject_token),
+            ('subject_token_type', resolve_token_type(subject_token_type)),
+        ]
+        if requested_token_type:
+            form.append(('requested_token_type', resolve_token_type(requested_token_type)))
+        scope = _space_list(scope)
+        if scope:
+            form.append(('scope', scope))
+        form.extend(('audience', a) for a in _as_list(audience))
+        form.extend(('resource', r) for r in _as_list(resource))
+        if actor_token:
+            if not actor_token_type:
+                raise OAuthError('actor_token_type is required with an actor_token (RFC 8693 §2.1).')
+            form.append(('actor_token', actor_token))
+            form.append(('actor_token_type', resolve_token_type(actor_token_type)))
+        return self._token_request(form, what='token exchange')
+
+    def refresh(self, refresh_token, scope=None, audience=None, resource=None):
+        """Refresh grant; scope may narrow what the refresh token covers (down-scoping)."""
+        if not refresh_token:
+            raise OAuthError('No refresh token was given.')
+        form = [('grant_type', 'refresh_token'), ('refresh_token', refresh_token)]
+        scope = _space_list(scope)
+        if scope:
+            form.append(('scope', scope))
+        form.extend(('audience', a) for a in _as_list(audience))
+        form.extend(('resource', r) for r in _as_list(resource))
+        return self._token_request(form, what='refresh')
+
+    def revoke(self, token, token_type_hint='refresh_token'):
+        """RFC 7009 revocation. An unknown or already revoked token is not an error (RFC 7009 §2.2)."""
+        if not token:
+            raise OAuthError('No token was given to revoke.')
+        form = [('token', token)]
+        if token_type_hint:
+            form.append(('token_type_hint', token_type_hint))
+        self._request_json('POST', self.endpoint('revocation_endpoint'), form=form, authenticate=True,
+                           idempotent=True, what='revocation', allow_empty=True)
+
+    def introspect(self, token, token_type_hint=None):
+        """RFC 7662 introspection; returns the provider's JSON (at least {'active': bool})."""
+        if not token:
+            raise OAuthError('No token was given to introspect.')
+        form = [('token', token)]
+        if token_type_hint:
+            form.append(('token_type_hint', token_type_hint))
+        data = self._request_json('POST', self.endpoint('introspection_endpoint'), form=form, authenticate=True,
+                                  idempotent=True, what='introspection')
+        if not isinstance(data.get('active'), bool):
+            raise ResponseError('The introspection answer of %s has no boolean "active".' % self.issuer)
+        return data
+
+    def _token_request(self, form, what):
+        data = self._request_json('POST', self.endpoint('token_endpoint'), form=form, authenticate=True,
+                                  idempotent=False, what=what)
+        token = TokenResponse.from_json(data)
+        if not token.access_token and not token.refresh_token:
+            raise ResponseError('The %s answer of %s contains no token (fields: %s).'
+                                % (what, self.issuer, ', '.join(sorted(data)) or 'none'))
+        return token
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def _client_auth(self, form, headers):
+        if self._client_secret is None:
+            form.append(('client_id', self.client_id))
+            return
+        if self.auth_method == 'client_secret_post':
+            form.append(('client_id', self.client_id))
+            form.append(('client_secret', self._client_secret))
+        else:
+            # RFC 6749 §2.3.1: id and secret are form-urlencoded before they are joined and base64-encoded.
+            pair = '%s:%s' % (quote_plus(self.client_id), quote_plus(self._client_secret))
+            headers['Authorization'] = 'Basic ' + base64.b64encode(pair.encode('utf-8')).decode('ascii')
+
+    def _request_json(self, method, url, form=None, authenticate=False, idempotent=True, what='request',
+                      allow_empty=False):
+        check_url_transport(url, self.allow_insecure_http)
+        headers = {}
+        if form is not None:
+            form = list(form)
+            if authenticate:
+                self._client_auth(form, headers)
+        response, body = self._send(method, url, form, headers, idempotent, what)
+        return self._parse(response, body, url, what, allow_empty)
+
+    def _verify(self):
+        if not self.validate_certs:
+            return False
+        # The ecosystem's CA variables, as requests itself would read them with trust_env.
+        return self.ca_path or os.environ.get('REQUESTS_CA_BUNDLE') or os.environ.get('CURL_CA_BUNDLE') or True
+
+    def _send(self, method, url, form, headers, idempotent, what):
+        verify = self._verify()
+        proxies = requests.utils.get_environ_proxies(url)
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = None
+            try:
+                response = self._session.request(
+                    method, url, data=form, headers=headers, timeout=self.timeout, verify=verify,
+                    proxies=proxies, allow_redirects=False, stream=True)
+                body = self._read_limited(response, url, what)
+                status = response.status_code
+                retryable = status >= 500 and (idempotent or status in _NOT_PROCESSED_STATUSES)
+                if not retryable or attempt > self.retries:
+                    return response, body
+                retry_after = _retry_after_seconds(response)
+            except requests.exceptions.SSLError as exc:
+                raise TransportError('TLS verification of %s failed for the %s: %s. Set ca_path to the CA bundle '
+                                     'that signed the provider, or validate_certs=false only for testing.'
+                                     % (url, what, _short_reason(exc)))
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+                reached = not _is_connect_failure(exc)
+                if attempt > self.retries or (reached and not idempotent):
+                    hint = ''
+                    if reached and not idempotent:
+                        hint = (' The request may have reached the provider, so it was not repeated: a repeated '
+                                'refresh token can make the provider revoke the whole grant.')
+                    raise TransportError('The %s at %s failed after %d attempt(s): %s.%s'
+                                         % (what, url, attempt, _short_reason(exc), hint))
+            except requests.exceptions.RequestException as exc:
+                raise TransportError('The %s at %s failed: %s.' % (what, url, _short_reason(exc)))
+            delay = self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
+            time.sleep(min(retry_after if retry_after is not None else delay, 30))
+
+    @staticmethod
+    def _read_limited(response, url, what):
+        chunks = []
+        size = 0
+        try:
+            for chunk in response.iter_content(65536):
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise ResponseError('The %s answer from %s is larger than %d bytes: not an OAuth response.'
+                                        % (what, url, MAX_RESPONSE_BYTES), status=response.status_code)
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return b''.join(chunks)
+
+    def _parse(self, response, body, url, what, allow_empty):
+        status = response.status_code
+        if 300 <= status < 400:
+            raise ResponseError('The %s at %s was answered with a redirect (HTTP %d) to %s; redirects are not '
+                                'followed.' % (what, url, status, response.headers.get('Location', '?')),
+                                status=status)
+        if allow_empty and 200 <= status < 300 and not body.strip():
+            return {}
+        try:
+            data = json.loads(body.decode('utf-8'))
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            kind = (response.headers.get('Content-Type') or 'no content type').split(';')[0]
+            raise ResponseError('The %s at %s answered HTTP %d with %s instead of a JSON object%s.'
+                                % (what, url, status, kind, _body_hint(body)), status=status)
+        if status >= 400 or 'error' in data:
+            error = data.get('error')
+            description = data.get('error_description')
+            if not isinstance(error, str):
+                raise ResponseError('The %s at %s failed with HTTP %d and no OAuth error code.'
+                                    % (what, url, status), status=status)
+            message = 'The provider %s refused the %s: %s' % (self.issuer, what, error)
+            if isinstance(description, str) and description:
+                message += ' (%s)' % description
+            message += ' [HTTP %d]' % status
+            raise ProviderError(message, error=error,
+                                error_description=description if isinstance(description, str) else None,
+                                status=status)
+        return data
+
+
+def _retry_after_seconds(response):
+    """Retry-After in seconds when the provider gave a plain number (RFC 9110 §10.2.3), else None."""
+    value = response.headers.get('Retry-After', '').strip()
+    return int(value) if value.isdigit() else None
+
+
+def _is_connect_failure(exc):
+    """True when the request never reached the provider (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return False
+    text = repr(exc)
+    return any(marker in text for marker in (
+        'NewConnectionError', 'Connection refused', 'Name or service not known', 'nodename nor servname',
+        'Temporary failure in name resolution', 'No route to host', 'Network is unreachable'))
+
+
+def _short_reason(exc):
+    """A one-line reason without URLs' query strings or bodies: safe to show."""
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return text[:300]
+
+
+def _body_hint(body):
+    """A short, printable beginning of a non-JSON body, to recognise an HTML error page or a proxy's answer.
+
+    Only the start of the page's title, never more: the body of a failed token request could echo input.
+    """
+    text = body[:4096].decode('utf-8', 'replace')
+    lower = text.lower()
+    start = lower.find('<title>')
+    if start >= 0:
+        end = lower.find('</title>', start)
+        title = ' '.join(text[start + 7:end if end > 0 else start + 107].split())[:100]
+        return ' (an HTML page titled %r)' % title
+    if lower.lstrip().startswith('<'):
+        return ' (an HTML page)'
+    if not text.strip():
+        return ' (an empty body)'
+    return ''

@@ -1,0 +1,370 @@
+// Custom grant types of the test provider, added through node-oidc-provider's public
+// provider.registerGrantType() API:
+//   - RFC 8693 token exchange (urn:ietf:params:oauth:grant-type:token-exchange)
+//   - a test-only resource owner password grant ("password") to get a user's access token
+//
+// Both issue real provider.Grant / provider.AccessToken / provider.RefreshToken models, so the
+// provider's own refresh_token grant (rotation + reuse detection), revocation, introspection and
+// userinfo work on what they issue.
+
+import * as crypto from 'node:crypto';
+
+import { errors } from 'oidc-provider';
+
+export const GRANT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+export const GRANT_PASSWORD = 'password';
+export const TT_ACCESS = 'urn:ietf:params:oauth:token-type:access_token';
+export const TT_REFRESH = 'urn:ietf:params:oauth:token-type:refresh_token';
+export const TT_JWT = 'urn:ietf:params:oauth:token-type:jwt';
+
+const { InvalidRequest, InvalidScope, InvalidGrant, InvalidTarget } = errors;
+
+const JWS_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+
+function epoch() {
+  return Math.floor(Date.now() / 1000);
+}
+
+function asList(value) {
+  if (value === undefined || value === null || value === '') return [];
+  return (Array.isArray(value) ? value : [value]).filter((v) => typeof v === 'string' && v !== '');
+}
+
+function splitScope(scope) {
+  return new Set((scope || '').split(' ').filter(Boolean));
+}
+
+function required(params, name) {
+  const value = params[name];
+  if (typeof value !== 'string' || value === '') {
+    throw new InvalidRequest(`missing required parameter '${name}'`);
+  }
+  return value;
+}
+
+function b64urlJson(part) {
+  return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+}
+
+// RFC 8707 §2: a resource is an absolute URI without a fragment.
+function checkResourceIndicator(value) {
+  let url;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new InvalidTarget(`resource '${value}' is not an absolute URI`);
+  }
+  if (url.hash || value.includes('#')) {
+    throw new InvalidTarget(`resource '${value}' must not contain a fragment`);
+  }
+}
+
+/**
+ * env: {
+ *   users: { name: {password, sub, ...} }, accountsBySub: Map,
+ *   supportedScopes: Set, exchangeShape: 'common'|'strict',
+ *   defaultResource: string|undefined (JWT access token mode),
+ *   resourceServerInfo(identifier): object,
+ *   signingKeys: Map(kid -> public KeyObject), jwtAccessTokens: Map(jti -> {grantId, seen}),
+ * }
+ */
+export function registerGrants(provider, env) {
+  const {
+    AccessToken, RefreshToken, Grant, ResourceServer,
+  } = provider;
+
+  // -- subject / actor token validation ------------------------------------------------------
+
+  async function checkGrantAlive(grantId, label) {
+    if (!grantId) return;
+    const grant = await Grant.find(grantId, { ignoreExpiration: true });
+    if (!grant || grant.isExpired) {
+      throw new InvalidRequest(`${label} has been revoked (its grant no longer exists)`);
+    }
+  }
+
+  async function validateOpaqueAccessToken(value, label) {
+    const at = await AccessToken.find(value, { ignoreExpiration: true });
+    if (!at) {
+      throw new InvalidRequest(`${label} is not a valid access token of this provider (unknown, revoked or malformed)`);
+    }
+    if (at.isExpired) {
+      throw new InvalidRequest(`${label} is expired`);
+    }
+    await checkGrantAlive(at.grantId, label);
+    return {
+      accountId: at.accountId, scope: at.scope, clientId: at.clientId, format: 'opaque',
+    };
+  }
+
+  async function validateJwtAccessToken(value, label) {
+    const [h, p, s] = value.split('.');
+    let header;
+    let payload;
+    try {
+      header = b64urlJson(h);
+      payload = b64urlJson(p);
+    } catch {
+      throw new InvalidRequest(`${label} is not a valid access token of this provider (malformed JWT)`);
+    }
+    const key = env.signingKeys.get(header.kid);
+    if (header.alg !== 'RS256' || !key) {
+      throw new InvalidRequest(`${label} is not signed by this provider`);
+    }
+    const ok = crypto.verify('sha256', Buffer.from(`${h}.${p}`), key, Buffer.from(s, 'base64url'));
+    if (!ok) {
+      throw new InvalidRequest(`${label} has an invalid signature`);
+    }
+    if (String(header.typ).toLowerCase() !== 'at+jwt') {
+      throw new InvalidRequest(`${label} is not a JWT access token (typ is not at+jwt)`);
+    }
+    if (payload.iss !== provider.issuer) {
+      throw new InvalidRequest(`${label} was issued by another issuer`);
+    }
+    if (typeof payload.exp !== 'number' || payload.exp <= epoch()) {
+      throw new InvalidRequest(`${label} is expired`);
+    }
+    if (typeof payload.sub !== 'string' || payload.sub === payload.client_id) {
+      throw new InvalidRequest(`${label} does not represent a user`);
+    }
+    const issued = env.jwtAccessTokens.get(payload.jti);
+    if (!issued) {
+      throw new InvalidRequest(`${label} was not issued by this provider instance`);
+    }
+    await checkGrantAlive(issued.grantId, label);
+    return {
+      accountId: payload.sub, scope: payload.scope, clientId: payload.client_id, format: 'jwt',
+    };
+  }
+
+  async function validateAccessToken(value, type, label) {
+    if (type !== TT_ACCESS && type !== TT_JWT) {
+      throw new InvalidRequest(`unsupported ${label}_type '${type}'; expected ${TT_ACCESS} (or ${TT_JWT} for a JWT access token)`);
+    }
+    if (JWS_SHAPE.test(value)) {
+      return validateJwtAccessToken(value, label);
+    }
+    if (type === TT_JWT) {
+      throw new InvalidRequest(`${label} is not a JWT but ${label}_type says ${TT_JWT}`);
+    }
+    return validateOpaqueAccessToken(value, label);
+  }
+
+  async function loadAccount(ctx, accountId, label) {
+    const account = await env.findAccount(ctx, accountId);
+    if (!account) {
+      throw new InvalidRequest(`${label}'s account no longer exists`);
+    }
+    return account;
+  }
+
+  // -- issuing ---------------------------------------------------------------------------------
+
+  function targetsFor(ctx, { allowAudience }) {
+    const resources = asList(ctx.oidc.params.resource);
+    resources.forEach(checkResourceIndicator);
+    const audiences = allowAudience ? asList(ctx.oidc.params.audience) : [];
+    const targets = [...new Set([...resources, ...audiences])];
+    if (targets.length === 0 && env.defaultResource) {
+      targets.push(env.defaultResource);
+    }
+    return targets;
+  }
+
+  async function createGrant(client, accountId, scopes, targets) {
+    const grant = new Grant({ accountId, clientId: client.clientId });
+    const scope = [...scopes].join(' ');
+    if (scope) {
+      grant.addOIDCScope(scope);
+      for (const target of targets) grant.addResourceScope(target, scope);
+    }
+    const grantId = await grant.save();
+    return { grant, grantId };
+  }
+
+  // The same rules node-oidc-provider's own grants apply when they mint an access token.
+  async function issueAccessToken(ctx, {
+    client, accountId, grant, grantId, scopes, targets, gty, act,
+  }) {
+    const at = new AccessToken({
+      accountId, client, grantId, gty,
+    });
+    if (targets.length) {
+      const [target] = targets; // an access token has a single audience
+      at.resourceServer = new ResourceServer(target, env.resourceServerInfo(target));
+      at.scope = grant.getResourceScopeFiltered(
+        target,
+        [...scopes].filter(Set.prototype.has.bind(at.resourceServer.scopes)),
+      );
+    } else {
+      at.scope = grant.getOIDCScopeFiltered(scopes);
+    }
+    if (act) ctx.oidcTestActClaim = act; // picked up by extraTokenClaims
+    ctx.oidc.entity('AccessToken', at);
+    const value = await at.save();
+    return { at, value };
+  }
+
+  async function issueRefreshToken(ctx, {
+    client, accountId, grantId, scopes, targets, gty,
+  }) {
+    const rt = new RefreshToken({
+      accountId,
+      client,
+      grantId,
+      gty,
+      rotations: 0,
+      scope: [...scopes].join(' '),
+      resource: targets.length > 1 ? targets : targets[0],
+    });
+    ctx.oidc.entity('RefreshToken', rt);
+    const value = await rt.save();
+    return { rt, value };
+  }
+
+  // -- RFC 8693 token exchange ------------------------------------------------------------------
+
+  async function tokenExchangeHandler(ctx) {
+    const { client, params } = ctx.oidc;
+
+    const subjectToken = required(params, 'subject_token');
+    const subjectTokenType = required(params, 'subject_token_type');
+
+    const requestedType = params.requested_token_type;
+    if (requestedType !== undefined && requestedType !== TT_ACCESS && requestedType !== TT_REFRESH) {
+      throw new InvalidRequest(`unsupported requested_token_type '${requestedType}'; supported: ${TT_ACCESS}, ${TT_REFRESH}`);
+    }
+
+    if (params.actor_token !== undefined && params.actor_token_type === undefined) {
+      throw new InvalidRequest("'actor_token_type' is required when 'actor_token' is present");
+    }
+    if (params.actor_token === undefined && params.actor_token_type !== undefined) {
+      throw new InvalidRequest("'actor_token_type' must not be sent without 'actor_token'");
+    }
+
+    const subject = await validateAccessToken(subjectToken, subjectTokenType, 'subject_token');
+    const account = await loadAccount(ctx, subject.accountId, 'subject_token');
+    ctx.oidc.entity('Account', account);
+
+    let act;
+    if (params.actor_token !== undefined) {
+      const actor = await validateAccessToken(params.actor_token, params.actor_token_type, 'actor_token');
+      act = { sub: actor.accountId, client_id: actor.clientId };
+    }
+
+    // Scopes: narrow only (offline_access may be added).
+    const subjectScopes = splitScope(subject.scope);
+    const explicitScope = params.scope !== undefined && params.scope !== '';
+    const requestedScopes = explicitScope ? splitScope(params.scope) : new Set(subjectScopes);
+    const exceeding = [...requestedScopes].filter((s) => s !== 'offline_access' && !subjectScopes.has(s));
+    if (exceeding.length) {
+      throw new InvalidScope(
+        `requested scope exceeds the subject token's scope: ${exceeding.join(' ')}`,
+        exceeding.join(' '),
+      );
+    }
+
+    const wantRefresh = requestedType === TT_REFRESH
+      || (explicitScope && requestedScopes.has('offline_access'));
+    if (wantRefresh) {
+      requestedScopes.add('offline_access');
+      if (!client.grantTypeAllowed('refresh_token')) {
+        throw new InvalidRequest('a refresh token was requested but this client may not use the refresh_token grant');
+      }
+    } else {
+      requestedScopes.delete('offline_access');
+    }
+
+    const targets = targetsFor(ctx, { allowAudience: true });
+    const { grant, grantId } = await createGrant(client, account.accountId, requestedScopes, targets);
+    ctx.oidc.entity('Grant', grant);
+    const scope = [...requestedScopes].join(' ');
+    const common = {
+      client, accountId: account.accountId, grant, grantId, scopes: requestedScopes, targets, gty: GRANT_TOKEN_EXCHANGE,
+    };
+
+    if (wantRefresh && env.exchangeShape === 'strict') {
+      const { value: rtValue } = await issueRefreshToken(ctx, common);
+      ctx.body = {
+        access_token: rtValue,
+        issued_token_type: TT_REFRESH,
+        token_type: 'N_A',
+        scope,
+      };
+      return;
+    }
+
+    const { at, value: atValue } = await issueAccessToken(ctx, { ...common, act });
+    const body = {
+      access_token: atValue,
+      issued_token_type: TT_ACCESS,
+      token_type: at.tokenType,
+      expires_in: at.expiration,
+    };
+    if (wantRefresh) {
+      const { value: rtValue } = await issueRefreshToken(ctx, common);
+      body.refresh_token = rtValue;
+    }
+    body.scope = scope;
+    ctx.body = body;
+  }
+
+  provider.registerGrantType(
+    GRANT_TOKEN_EXCHANGE,
+    tokenExchangeHandler,
+    [
+      'subject_token', 'subject_token_type', 'requested_token_type', 'scope',
+      'audience', 'resource', 'actor_token', 'actor_token_type',
+    ],
+    ['audience', 'resource'],
+  );
+
+  // -- test-only password grant ---------------------------------------------------------------
+
+  function passwordMatches(expected, given) {
+    const a = crypto.createHash('sha256').update(String(expected)).digest();
+    const b = crypto.createHash('sha256').update(String(given)).digest();
+    return crypto.timingSafeEqual(a, b);
+  }
+
+  async function passwordHandler(ctx) {
+    const { client, params } = ctx.oidc;
+    const username = required(params, 'username');
+    const password = required(params, 'password');
+
+    const user = Object.hasOwn(env.users, username) ? env.users[username] : undefined;
+    if (!user || !passwordMatches(user.password, password)) {
+      throw new InvalidGrant('invalid username or password');
+    }
+
+    const scopes = params.scope ? splitScope(params.scope) : new Set(['openid']);
+    const unsupported = [...scopes].filter((s) => !env.supportedScopes.has(s));
+    if (unsupported.length) {
+      throw new InvalidScope(`unsupported scope: ${unsupported.join(' ')}`, unsupported.join(' '));
+    }
+
+    const account = await loadAccount(ctx, user.sub, 'user');
+    ctx.oidc.entity('Account', account);
+    const targets = targetsFor(ctx, { allowAudience: false });
+    const { grant, grantId } = await createGrant(client, account.accountId, scopes, targets);
+    ctx.oidc.entity('Grant', grant);
+    const common = {
+      client, accountId: account.accountId, grant, grantId, scopes, targets, gty: GRANT_PASSWORD,
+    };
+
+    const { at, value: atValue } = await issueAccessToken(ctx, common);
+    const body = {
+      access_token: atValue,
+      token_type: at.tokenType,
+      expires_in: at.expiration,
+    };
+    if (scopes.has('offline_access') && client.grantTypeAllowed('refresh_token')) {
+      const { value: rtValue } = await issueRefreshToken(ctx, common);
+      body.refresh_token = rtValue;
+    }
+    body.scope = [...scopes].join(' ');
+    ctx.body = body;
+  }
+
+  provider.registerGrantType(GRANT_PASSWORD, passwordHandler, ['username', 'password', 'scope', 'resource'], ['resource']);
+}
