@@ -637,6 +637,9 @@ class AccountStore(object):
     the Argon2id derivations this object did and the time they took.
     """
 
+    # Returned by an ``update`` callback to remove the account under the lock.
+    DELETE = object()
+
     def __init__(self, config_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT, read_retries=4):
         self.config_dir = default_config_dir(config_dir)
         self.lock_timeout = lock_timeout
@@ -965,7 +968,8 @@ class AccountStore(object):
         Under the account's lock: decrypt the file (one derivation), call ``fn(account)``, which
         returns ``(new_account_or_None, result)``. A new account is written atomically, with the
         same salt and key and a fresh nonce (no second derivation), before ``result`` is
-        returned. If ``fn`` raises, nothing is written and the exception propagates; the lock is
+        returned; ``AccountStore.DELETE`` instead of an account removes the file under the same
+        lock (after a revocation, so no refresh can slip in between). If ``fn`` raises, nothing is written and the exception propagates; the lock is
         released in every case. A second process calling ``update`` meanwhile waits for the
         lock and then sees the new file, so it never replays a spent refresh token.
         """
@@ -973,10 +977,12 @@ class AccountStore(object):
         if not os.path.isdir(self.config_dir):
             raise AccountNotFoundError('No account %r: %s does not exist.' % (name, path),
                                        account=name, path=path)
-        with self.locked(name):
+        with self.locked(name) as lock_path:
             account, key, _parsed = self._load(name, password)
             new_account, result = fn(account)
-            if new_account is not None:
+            if new_account is self.DELETE:
+                self._delete_locked(name, path, lock_path)
+            elif new_account is not None:
                 self._write_atomic(name, self._encrypt_for(name, new_account, key))
         return result
 
@@ -995,20 +1001,23 @@ class AccountStore(object):
         if not os.path.isdir(self.config_dir):
             return False
         with self.locked(name) as lock_path:
-            self._cleanup_temp(name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                existed = False
-            else:
-                if not stat.S_ISREG(st.st_mode):
-                    raise StorePermissionError('%s is not a regular file; not deleted.' % path,
-                                               account=name, path=path)
-                os.unlink(path)
-                existed = True
-            try:
-                os.unlink(lock_path)   # waiters notice the replaced lock file and retry
-            except FileNotFoundError:
-                pass
-            _fsync_dir(self.config_dir)
+            return self._delete_locked(name, path, lock_path)
+
+    def _delete_locked(self, name, path, lock_path):
+        self._cleanup_temp(name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            existed = False
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                raise StorePermissionError('%s is not a regular file; not deleted.' % path,
+                                           account=name, path=path)
+            os.unlink(path)
+            existed = True
+        try:
+            os.unlink(lock_path)   # waiters notice the replaced lock file and retry
+        except FileNotFoundError:
+            pass
+        _fsync_dir(self.config_dir)
         return existed

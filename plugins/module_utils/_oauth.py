@@ -13,6 +13,7 @@ Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
 import json
 import os
@@ -86,6 +87,10 @@ class ProviderError(OAuthError):
         self.error = error
         self.error_description = error_description
         self.status = status
+
+
+class TokenVerificationError(OAuthError):
+    """A JWT failed verification: bad signature, unknown key, wrong issuer, expired, or alg none."""
 
 
 class DiscoveryError(OAuthError):
@@ -368,6 +373,18 @@ class OAuthClient(object):
             raise ResponseError('The introspection answer of %s has no boolean "active".' % self.issuer)
         return data
 
+    def jwks(self):
+        """The provider's JSON Web Key Set (fetched on every call: keys rotate)."""
+        data = self._request_json('GET', self.endpoint('jwks_uri'), idempotent=True, what='JWKS download')
+        if not isinstance(data.get('keys'), list):
+            raise ResponseError('The JWKS of %s has no "keys" list.' % self.issuer)
+        return data
+
+    def verify_jwt(self, token, now=None):
+        """The claims of a JWT access token issued by this provider, after checking its signature
+        against the provider's JWKS, its issuer and its expiry."""
+        return verify_jwt(token, self.jwks(), self.issuer, now=now)
+
     def _token_request(self, form, what):
         data = self._request_json('POST', self.endpoint('token_endpoint'), form=form, authenticate=True,
                                   idempotent=False, what=what)
@@ -532,3 +549,94 @@ def _body_hint(body):
     if not text.strip():
         return ' (an empty body)'
     return ''
+
+
+# -- JWTs ---------------------------------------------------------------------------------------
+
+_JWT_HASHES = {'256': 'SHA256', '384': 'SHA384', '512': 'SHA512'}
+_EC_CURVES = {'P-256': 'SECP256R1', 'P-384': 'SECP384R1', 'P-521': 'SECP521R1'}
+
+
+def _b64url(text):
+    return base64.urlsafe_b64decode(text + '=' * (-len(text) % 4))
+
+
+def _b64url_int(text):
+    return int.from_bytes(_b64url(text), 'big')
+
+
+def jwt_parts(token):
+    """(header, claims, signing input, signature) of a compact JWS, or None when it is not a JWT."""
+    if not isinstance(token, str) or token.count('.') != 2:
+        return None
+    head, payload, signature = token.split('.')
+    try:
+        header = json.loads(_b64url(head))
+        claims = json.loads(_b64url(payload))
+        raw_signature = _b64url(signature)
+    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
+        return None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        return None
+    return header, claims, ('%s.%s' % (head, payload)).encode('ascii'), raw_signature
+
+
+def jwt_claims(token):
+    """The claims of a JWT without checking anything (for display), or None for an opaque token."""
+    parts = jwt_parts(token)
+    return parts[1] if parts else None
+
+
+def verify_jwt(token, jwks, issuer, now=None, leeway=0):
+    """Verify a JWT's signature with a JWKS (RS*, PS*, ES*), its issuer and its time claims."""
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    except ImportError:
+        raise OAuthError('The Python library cryptography is required to verify JWTs (pip install cryptography).')
+    parts = jwt_parts(token)
+    if parts is None:
+        raise TokenVerificationError('The token is not a JWT, so it cannot be verified (an opaque token).')
+    header, claims, signing_input, signature = parts
+    alg = header.get('alg')
+    if not isinstance(alg, str) or alg[:2] not in ('RS', 'PS', 'ES') or alg[2:] not in _JWT_HASHES:
+        raise TokenVerificationError('The JWT is signed with %r, which is not accepted (RS*, PS*, ES* only).' % alg)
+    keys = [k for k in jwks.get('keys', []) if isinstance(k, dict) and k.get('use', 'sig') == 'sig']
+    if header.get('kid') is not None:
+        keys = [k for k in keys if k.get('kid') == header['kid']]
+    keys = [k for k in keys if k.get('kty') == ('EC' if alg.startswith('ES') else 'RSA')]
+    if not keys:
+        raise TokenVerificationError('The provider publishes no %s key with the JWT\'s kid %r.'
+                                     % (alg, header.get('kid')))
+    digest = getattr(hashes, _JWT_HASHES[alg[2:]])()
+    verified = False
+    for jwk in keys:
+        try:
+            if alg.startswith('ES'):
+                curve = getattr(ec, _EC_CURVES[jwk['crv']])()
+                key = ec.EllipticCurvePublicNumbers(_b64url_int(jwk['x']), _b64url_int(jwk['y']), curve).public_key()
+                half = len(signature) // 2
+                der = encode_dss_signature(int.from_bytes(signature[:half], 'big'),
+                                           int.from_bytes(signature[half:], 'big'))
+                key.verify(der, signing_input, ec.ECDSA(digest))
+            else:
+                key = rsa.RSAPublicNumbers(_b64url_int(jwk['e']), _b64url_int(jwk['n'])).public_key()
+                pad = (padding.PKCS1v15() if alg.startswith('RS')
+                       else padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.DIGEST_LENGTH))
+                key.verify(signature, signing_input, pad, digest)
+            verified = True
+            break
+        except (InvalidSignature, KeyError, ValueError, TypeError):
+            continue
+    if not verified:
+        raise TokenVerificationError('The JWT\'s signature does not verify with the provider\'s keys.')
+    if not isinstance(claims.get('iss'), str) or claims['iss'].rstrip('/') != normalize_issuer(issuer):
+        raise TokenVerificationError('The JWT was issued by %r, not by %s.' % (claims.get('iss'), issuer))
+    now = time.time() if now is None else now
+    if isinstance(claims.get('exp'), (int, float)) and now > claims['exp'] + leeway:
+        raise TokenVerificationError('The JWT expired at %d.' % claims['exp'])
+    if isinstance(claims.get('nbf'), (int, float)) and now + leeway < claims['nbf']:
+        raise TokenVerificationError('The JWT is not valid before %d.' % claims['nbf'])
+    return claims

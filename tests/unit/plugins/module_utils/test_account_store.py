@@ -529,6 +529,15 @@ def test_update_without_change_does_not_write(store):
     assert snapshot(store.path('a')) == before
 
 
+def test_update_can_delete_under_the_lock(store):
+    store.save('a', sample_account(), PASSWORD)
+    seen = []
+    assert store.update('a', PASSWORD, lambda acc: (AccountStore.DELETE, seen.append(acc['refresh_token']))) is None
+    assert seen == ['refresh-token-value-1']
+    assert not store.exists('a') and store.list() == [] and temp_files(store) == []
+    assert not os.path.exists(store._lock_path('a'))
+
+
 def test_update_callback_error_writes_nothing_and_releases_lock(store):
     store.save('a', sample_account(), PASSWORD)
     before = snapshot(store.path('a'))

@@ -1,0 +1,129 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    # How to reach the OpenID provider and authenticate as the confidential client.
+    DOCUMENTATION = r'''
+options:
+  issuer:
+    description:
+      - The OpenID provider's issuer URL, as its discovery document announces it (a trailing slash or not
+        makes no difference).
+      - Discovery tries C(/.well-known/openid-configuration) and then RFC 8414
+        C(/.well-known/oauth-authorization-server); a document that names another issuer is refused.
+      - For an existing account, defaults to the issuer stored in the account.
+    type: str
+    aliases: [issuer_url]
+  client_id:
+    description:
+      - The confidential client registered with the provider (for an exchange: one that is allowed the
+        token-exchange grant). For an existing account, defaults to the client stored in the account.
+    type: str
+  client_secret:
+    description:
+      - The client's secret. Keep it in Ansible Vault. For an existing account, defaults to the secret stored
+        (encrypted) in the account.
+    type: str
+  auth_method:
+    description:
+      - How the client authenticates at the token, revocation and introspection endpoints.
+      - When not set, C(client_secret_basic) if the provider offers it, else C(client_secret_post).
+    type: str
+    choices: [client_secret_basic, client_secret_post]
+  ca_path:
+    description:
+      - A CA bundle file to verify the provider's TLS certificate with (oidc-agent's C(--cp)).
+      - When not set, the system's trust store is used, or the file named by C(REQUESTS_CA_BUNDLE).
+    type: path
+  validate_certs:
+    description:
+      - Verify the provider's TLS certificate. Turn off only for testing.
+    type: bool
+    default: true
+  timeout:
+    description:
+      - Seconds to wait for the provider to connect and to answer, per request.
+    type: int
+    default: 10
+  retries:
+    description:
+      - How often a request is repeated after a connection error or an HTTP 5xx answer, with exponential
+        backoff. 4xx answers are never repeated.
+      - A request that spends a refresh token or a subject token is repeated only when it cannot have reached
+        the provider, because a provider with reuse detection revokes the whole grant when a spent refresh
+        token comes back.
+    type: int
+    default: 3
+  allow_insecure_http:
+    description:
+      - Allow a plain C(http://) issuer on a host that is not loopback. Tokens and the client secret would cross
+        the network unencrypted.
+    type: bool
+    default: false
+'''
+
+    # The lookup reads the same options from variables, the environment and ansible.cfg as well.
+    PLUGINS = r'''
+options:
+  issuer:
+    env:
+      - name: OIDC_TOKENS_ISSUER
+    ini:
+      - section: oidc_tokens
+        key: issuer
+    vars:
+      - name: oidc_tokens_issuer
+  client_id:
+    env:
+      - name: OIDC_TOKENS_CLIENT_ID
+    ini:
+      - section: oidc_tokens
+        key: client_id
+    vars:
+      - name: oidc_tokens_client_id
+  client_secret:
+    env:
+      - name: OIDC_TOKENS_CLIENT_SECRET
+    vars:
+      - name: oidc_tokens_client_secret
+  auth_method:
+    ini:
+      - section: oidc_tokens
+        key: auth_method
+  ca_path:
+    env:
+      - name: OIDC_TOKENS_CA_PATH
+    ini:
+      - section: oidc_tokens
+        key: ca_path
+    vars:
+      - name: oidc_tokens_ca_path
+  validate_certs:
+    env:
+      - name: OIDC_TOKENS_VALIDATE_CERTS
+    ini:
+      - section: oidc_tokens
+        key: validate_certs
+    vars:
+      - name: oidc_tokens_validate_certs
+  timeout:
+    env:
+      - name: OIDC_TOKENS_TIMEOUT
+    ini:
+      - section: oidc_tokens
+        key: timeout
+  retries:
+    env:
+      - name: OIDC_TOKENS_RETRIES
+    ini:
+      - section: oidc_tokens
+        key: retries
+  allow_insecure_http:
+    ini:
+      - section: oidc_tokens
+        key: allow_insecure_http
+'''

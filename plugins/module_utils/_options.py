@@ -1,0 +1,106 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Options shared by the modules and the lookup, declared once.
+
+The modules merge these argument specs into their own; the doc fragments
+`oidc.tokens.provider` and `oidc.tokens.store` document the same names. Both kinds of plugin hand
+this file a `get(name)` callable (`module.params.get` or the lookup's `get_option`), so options are
+read one way everywhere.
+
+Internal to the oidc.tokens collection: no compatibility promise to anyone else.
+"""
+
+from __future__ import annotations
+
+PROVIDER_ARGSPEC = dict(
+    issuer=dict(type='str', aliases=['issuer_url']),
+    client_id=dict(type='str'),
+    client_secret=dict(type='str', no_log=True),
+    auth_method=dict(type='str', choices=['client_secret_basic', 'client_secret_post']),
+    ca_path=dict(type='path'),
+    validate_certs=dict(type='bool', default=True),
+    timeout=dict(type='int', default=10),
+    retries=dict(type='int', default=3),
+    allow_insecure_http=dict(type='bool', default=False),
+)
+
+STORE_ARGSPEC = dict(
+    config_dir=dict(type='path'),
+    encryption_password=dict(type='str', no_log=True),
+    encryption_password_file=dict(type='path', no_log=False),
+    encryption_password_env=dict(type='str', no_log=False),
+    encryption_password_command=dict(type='str', no_log=False),
+)
+
+PASSWORD_SOURCES = ('encryption_password', 'encryption_password_file', 'encryption_password_env',
+                    'encryption_password_command')
+
+
+def argspec(*parts, **own):
+    """One module's argument spec: the shared parts plus the module's own options."""
+    spec = {}
+    for part in parts:
+        spec.update(part)
+    spec.update(own)
+    return spec
+
+
+def oauth_client(get, account=None):
+    """An OAuthClient from the options, falling back to what an existing account stores."""
+    from ansible_collections.oidc.tokens.plugins.module_utils._oauth import OAuthClient
+
+    account = account or {}
+    return OAuthClient(
+        get('issuer') or account.get('issuer_url') or account.get('issuer'),
+        get('client_id') or account.get('client_id'),
+        get('client_secret') or account.get('client_secret') or None,
+        auth_method=get('auth_method'),
+        ca_path=get('ca_path') or account.get('cert_path') or None,
+        validate_certs=get('validate_certs'),
+        timeout=get('timeout'),
+        retries=get('retries'),
+        allow_insecure_http=get('allow_insecure_http'),
+    )
+
+
+def account_store(get):
+    from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
+
+    return AccountStore(config_dir=get('config_dir'))
+
+
+def encryption_password(get):
+    """The account password from whichever single source the user configured."""
+    from ansible_collections.oidc.tokens.plugins.module_utils._account_store import resolve_password
+
+    return resolve_password(
+        password=get('encryption_password'),
+        password_file=get('encryption_password_file'),
+        password_env=get('encryption_password_env'),
+        password_command=get('encryption_password_command'),
+    )
+
+
+def require_libraries(module, nacl=True):
+    """fail_json with Ansible's standard message when a needed library is missing on the host."""
+    from ansible.module_utils.basic import missing_required_lib
+    from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth
+
+    if not _oauth.HAS_REQUESTS:
+        module.fail_json(msg=missing_required_lib('requests'), exception=_oauth.REQUESTS_IMPORT_ERROR)
+    if nacl and not _account_store.HAS_NACL:
+        module.fail_json(msg=missing_required_lib('PyNaCl'), exception=_account_store.NACL_IMPORT_ERROR)
+
+
+def run_module(module, action):
+    """Run action() -> result dict; the collection's errors become a plain fail_json message."""
+    from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+
+    try:
+        result = action()
+    except OidcTokensError as exc:
+        module.fail_json(msg=str(exc))
+    for warning in result.pop('warnings', []):
+        module.warn(warning)
+    module.exit_json(**result)

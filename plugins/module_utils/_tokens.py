@@ -1,0 +1,286 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the modules, the lookup and the on-host refresher do with an account.
+
+The account store (_account_store.py) and the OAuth core (_oauth.py) together: exchange a subject
+token into an account, hand out access tokens from it, revoke it. Every provider call that can
+rotate the refresh token runs inside ``AccountStore.update``, so the new refresh token is on disk
+before the new access token leaves this file.
+
+Our own fields live in the account's ``oidc_tokens`` object (oidc-agent keeps unknown keys):
+``created_at``, ``source``, ``lifetime_end``, ``audience``, ``resource``, ``refreshed_at`` and the
+cached default access token (``access_token``, ``access_token_expires_at``, ``access_token_scope``),
+encrypted with the rest of the file like oidc-agent keeps its own in memory.
+
+Internal to the oidc.tokens collection: no compatibility promise to anyone else.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
+    ProviderError, TOKEN_TYPE_REFRESH, jwt_claims, normalize_issuer, resolve_token_type)
+from ansible_collections.oidc.tokens.plugins.module_utils._account_store import Account, AccountStore
+
+
+class AccountExpiredError(OidcTokensError):
+    """The account is past the lifetime it was given: it hands out no token."""
+
+
+class RefreshTokenRejectedError(OidcTokensError):
+    """The provider refused the account's refresh token (revoked, expired or already used)."""
+
+
+class NoRefreshTokenError(OidcTokensError):
+    """The exchange answer carried no refresh token."""
+
+
+class RevocationError(OidcTokensError):
+    """The refresh token could not be revoked; the account was kept."""
+
+
+def as_list(value):
+    """A list from a list, a space-separated string or nothing."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        return value.split()
+    return [str(v) for v in value if v]
+
+
+def account_facts(name, account, path):
+    """What may be shown about an account: everything but its secrets."""
+    meta = account.meta
+    return {
+        'name': name,
+        'path': path,
+        'issuer': account.get('issuer_url') or '',
+        'client_id': account.get('client_id') or '',
+        'scope': as_list(account.get('scope')),
+        'audience': as_list(meta.get('audience') or account.get('audience')),
+        'resource': as_list(meta.get('resource')),
+        'lifetime_end': meta.get('lifetime_end'),
+        'created_at': meta.get('created_at'),
+        'source': meta.get('source'),
+        'has_refresh_token': bool(account.get('refresh_token')),
+    }
+
+
+def build_account(name, issuer, client_id, client_secret, refresh_token, scope, audience=None, resource=None,
+                  lifetime=None, source='token_exchange', ca_path=None, now=None):
+    """A new account in oidc-agent's shape, with our own fields in ``oidc_tokens``."""
+    now = int(now if now is not None else time.time())
+    account = Account(
+        name=name,
+        client_name='oidc.tokens:%s' % name,
+        issuer_url=normalize_issuer(issuer) + '/',
+        client_id=client_id,
+        client_secret=client_secret or '',
+        refresh_token=refresh_token,
+        cert_path=ca_path or '',
+        scope=' '.join(as_list(scope)),
+        audience=' '.join(as_list(audience)),
+        redirect_uris=[],
+        username='',
+        password='',
+    )
+    account.meta.update({
+        'created_at': now,
+        'source': source,
+        'lifetime_end': now + int(lifetime) if lifetime else None,
+        'audience': as_list(audience),
+        'resource': as_list(resource),
+    })
+    return account
+
+
+def exchange_scope(scope, requested_token_type):
+    """The scope to ask for: ``offline_access`` is added when a refresh token is requested."""
+    scope = as_list(scope)
+    if scope and resolve_token_type(requested_token_type) == TOKEN_TYPE_REFRESH and 'offline_access' not in scope:
+        scope.append('offline_access')
+    return scope
+
+
+def exchange(client, subject_token, subject_token_type='access_token', requested_token_type='refresh_token',
+             scope=None, audience=None, resource=None, actor_token=None, actor_token_type=None):
+    """Exchange the subject token; a refresh token must come back."""
+    token = client.token_exchange(
+        subject_token, subject_token_type=subject_token_type, requested_token_type=requested_token_type,
+        scope=exchange_scope(scope, requested_token_type), audience=as_list(audience), resource=as_list(resource),
+        actor_token=actor_token, actor_token_type=actor_token_type)
+    if not token.refresh_token:
+        raise NoRefreshTokenError(
+            'The provider %s answered the token exchange without a refresh token: it returned %s '
+            '(issued_token_type %s, scope %r). The client %s must be allowed refresh tokens for exchanged '
+            'tokens; many providers also want offline_access in the scope.'
+            % (client.issuer, 'an access token' if token.access_token else 'no token',
+               token.issued_token_type or 'not given', token.scope, client.client_id))
+    return token
+
+
+def account_is_usable(account, issuer=None, client_id=None, now=None):
+    """Why an existing account cannot be kept as it is, or None when it can."""
+    now = now if now is not None else time.time()
+    if not account.get('refresh_token'):
+        return 'it holds no refresh token'
+    end = account.meta.get('lifetime_end')
+    if end and now >= end:
+        return 'its lifetime ended'
+    if issuer and normalize_issuer(account.get('issuer_url') or 'https://none') != normalize_issuer(issuer):
+        return 'it belongs to another issuer'
+    if client_id and account.get('client_id') != client_id:
+        return 'it belongs to another client'
+    return None
+
+
+def _check_lifetime(name, account, now):
+    end = account.meta.get('lifetime_end')
+    if end and now >= end:
+        raise AccountExpiredError('Account %r reached the end of its lifetime at %s; it hands out no more tokens. '
+                                  'Revoke it and exchange a new subject token.'
+                                  % (name, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))))
+
+
+def _rejected(name, exc):
+    return RefreshTokenRejectedError(
+        'The provider refused the refresh token of account %r: %s (%s). The token was revoked, expired or '
+        'already used; exchange a fresh subject token into the account.'
+        % (name, exc.error, exc.error_description or 'no description'))
+
+
+def cached_access_token(account, min_valid_period=0, now=None):
+    """The default access token kept in the account, when it has min_valid_period seconds left."""
+    now = time.time() if now is None else now
+    meta = account.meta
+    token, expires_at = meta.get('access_token'), meta.get('access_token_expires_at')
+    if token and expires_at and expires_at - now >= min_valid_period:
+        return _token_result(account, token, expires_at, meta.get('access_token_scope'), False, [])
+    return None
+
+
+def access_token(store, name, password, client_for, min_valid_period=0, scope=None, audience=None, resource=None,
+                 force=False, claims=None, now=None):
+    """An access token of account ``name`` with at least ``min_valid_period`` seconds left.
+
+    ``client_for(account)`` returns the OAuthClient to use (options may override the account's
+    issuer and client). The default token (no scope, audience or resource asked) is kept in the
+    account file and reused while it is valid long enough; a down-scoped or audience-bound one is
+    always fresh (oidc-agent does the same). ``claims``: 'verify' checks a JWT access token against
+    the provider's JWKS and returns its claims, 'decode' only decodes them, None skips them.
+    Returns a dict: access_token, expires_at, issuer, scope, claims, refreshed, warnings.
+    """
+    scope, audience, resource = as_list(scope), as_list(audience), as_list(resource)
+    default = not (scope or audience or resource)
+
+    def under_lock(account):
+        current = time.time() if now is None else now
+        _check_lifetime(name, account, current)
+        kept = cached_access_token(account, min_valid_period, current) if default and not force else None
+        if kept is not None:
+            return None, (kept, account)
+        updated, result = _refresh(name, account, client_for(account), scope, audience, resource, default,
+                                   min_valid_period, current)
+        return updated, (result, updated)
+
+    result, account = store.update(name, password, under_lock)
+    # Claims are checked after the lock is released: a JWKS download need not hold up other workers.
+    if claims and jwt_claims(result['access_token']) is not None:
+        result['claims'] = (client_for(account).verify_jwt(result['access_token']) if claims == 'verify'
+                            else jwt_claims(result['access_token']))
+    return result
+
+
+def _refresh(name, account, client, scope, audience, resource, default, min_valid_period, now):
+    """Refresh; returns (the account to write, the token result). Runs under the account's lock."""
+    if not account.get('refresh_token'):
+        raise RefreshTokenRejectedError('Account %r holds no refresh token (it was revoked).' % name)
+    try:
+        token = client.refresh(account['refresh_token'], scope=scope, audience=audience, resource=resource)
+    except ProviderError as exc:
+        if exc.error == 'invalid_grant':
+            raise _rejected(name, exc)
+        raise
+    if not token.access_token:
+        raise RefreshTokenRejectedError('The provider answered the refresh of account %r without an access token.'
+                                        % name)
+    updated = account.copy()
+    if token.refresh_token:
+        updated['refresh_token'] = token.refresh_token
+    updated.meta['refreshed_at'] = int(now)
+    if default:
+        updated.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
+                             'access_token_scope': token.scope})
+    warnings = []
+    if token.expires_in is not None and min_valid_period and token.expires_in < min_valid_period:
+        # oidc-agent #410: users asked for more validity than the provider gives and never knew.
+        warnings.append('The provider issues access tokens valid for %d s, less than min_valid_period (%d s): '
+                        'every request will refresh.' % (token.expires_in, min_valid_period))
+    return updated, _token_result(account, token.access_token, token.expires_at,
+                                  token.scope or account.get('scope'), True, warnings)
+
+
+def _token_result(account, token, expires_at, scope, refreshed, warnings):
+    return {
+        'access_token': token,
+        'expires_at': expires_at,
+        'issuer': account.get('issuer_url') or '',
+        'scope': as_list(scope),
+        'claims': {},
+        'refreshed': refreshed,
+        'warnings': warnings,
+    }
+
+
+def revoke_account(store, name, password, client_for, remove=True, force=False):
+    """Revoke the refresh token on disk (the current one, under the lock) and remove the account.
+
+    Returns {'existed', 'changed', 'revoked', 'removed', 'facts' (of the account before, or None
+    when it could not be read), 'warnings'}. When revocation fails the account is kept and
+    RevocationError raised, unless ``force``: then it is removed (or emptied) all the same.
+    """
+    result = {'existed': store.exists(name), 'changed': False, 'revoked': False, 'removed': False, 'facts': None,
+              'warnings': []}
+    if not result['existed']:
+        return result
+
+    def fn(account):
+        result['facts'] = account_facts(name, account, store.path(name))
+        token = account.get('refresh_token')
+        if token:
+            try:
+                client_for(account).revoke(token, 'refresh_token')
+                result['revoked'] = True
+            except OidcTokensError as exc:
+                if not force:
+                    raise RevocationError('The refresh token of account %r was not revoked, so the account was kept: '
+                                          '%s' % (name, exc))
+                result['warnings'].append('The refresh token of account %r could not be revoked (%s); the account '
+                                          'was %s anyway because force is set.'
+                                          % (name, exc, 'removed' if remove else 'emptied'))
+        if remove:
+            result['removed'] = result['changed'] = True
+            return AccountStore.DELETE, None
+        if not token:
+            return None, None
+        result['changed'] = True
+        emptied = account.copy()
+        emptied['refresh_token'] = ''
+        for key in ('access_token', 'access_token_expires_at', 'access_token_scope'):
+            emptied.meta.pop(key, None)
+        emptied.meta['revoked_at'] = int(time.time())
+        return emptied, None
+
+    try:
+        store.update(name, password, fn)
+    except OidcTokensError as exc:
+        if not force or isinstance(exc, RevocationError):
+            raise
+        # Forced teardown of an account that cannot even be read (wrong password, corrupt file).
+        result['warnings'].append('Account %r could not be read (%s); it was removed without revoking its refresh '
+                                  'token because force is set.' % (name, exc))
+        result['removed'] = result['changed'] = store.delete(name)
+    return result

@@ -1,0 +1,306 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: oidc_token_exchange
+short_description: Exchange a user's token for a refresh token and keep it as an encrypted account
+version_added: 0.1.0
+description:
+  - Trades a short-lived subject token (usually the user's access token) for a refresh token with OAuth 2.0
+    Token Exchange (RFC 8693), using a confidential client that the provider allows the token-exchange grant.
+  - Stores the refresh token, encrypted, as an oidc-agent account file on the host, so that
+    M(oidc.tokens.oidc_token), the lookup, the on-host refresher, C(oidc-add) and C(oidc-token) can hand out fresh
+    access tokens long after the subject token expired. This is what oidc-agent's C(oidc-token-exchange) did.
+  - When an account of that name exists and is usable (it decrypts, holds a refresh token, its lifetime has not
+    ended, and it belongs to the same issuer and client), nothing is exchanged and the task reports no change,
+    unless O(force) is set. A replaced account's old refresh token is revoked.
+  - Revoke the account with M(oidc.tokens.oidc_revoke) when the job is done.
+author:
+  - oidc.tokens maintainers
+extends_documentation_fragment:
+  - oidc.tokens.provider
+  - oidc.tokens.store
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: In check mode nothing is exchanged or written; the task reports whether an exchange would happen.
+  diff_mode:
+    support: full
+    details: The diff shows the account's non-secret fields.
+  platform:
+    platforms: posix
+options:
+  name:
+    description:
+      - The account's short name (oidc-agent's short name), also its file name in O(config_dir).
+    type: str
+    required: true
+  issuer:
+    description:
+      - The OpenID provider's issuer URL, as its discovery document announces it.
+    type: str
+    required: true
+    aliases: [issuer_url]
+  client_id:
+    description:
+      - The confidential client that is allowed the token-exchange grant.
+    type: str
+    required: true
+  subject_token:
+    description:
+      - The token to exchange, usually the user's access token. It must still be valid.
+    type: str
+    required: true
+  subject_token_type:
+    description:
+      - The type of O(subject_token), a token-type URN or one of the short names C(access_token), C(id_token),
+        C(jwt), C(refresh_token). CI systems' OIDC tokens (GitLab C(id_tokens), GitHub Actions) are C(jwt) or
+        C(id_token).
+    type: str
+    default: access_token
+  requested_token_type:
+    description:
+      - The token type to ask for. Anything but a refresh token fails, as this module keeps a refresh token.
+    type: str
+    default: refresh_token
+  scope:
+    description:
+      - The scopes the refresh token should cover; may only narrow the subject token's. C(offline_access) is added
+        when a refresh token is requested. When not set, the provider decides (usually the subject token's scopes).
+    type: list
+    elements: str
+  audience:
+    description:
+      - RFC 8693 C(audience) values (logical names of the services the tokens are for).
+    type: list
+    elements: str
+  resource:
+    description:
+      - RFC 8693 / RFC 8707 C(resource) values (URIs of the services the tokens are for).
+    type: list
+    elements: str
+  actor_token:
+    description:
+      - An RFC 8693 actor token, for delegation. Needs O(actor_token_type).
+    type: str
+  actor_token_type:
+    description:
+      - The type of O(actor_token), as for O(subject_token_type).
+    type: str
+  lifetime:
+    description:
+      - Seconds after which the account hands out no more access tokens (oidc-agent's C(-t)). The refresh token
+        itself lives as long as the provider allows; revoke it at teardown.
+    type: int
+  force:
+    description:
+      - Exchange and replace the account even if a usable one exists (the old refresh token is revoked).
+    type: bool
+    default: false
+  persist:
+    description:
+      - Write the account file. When false nothing is written and the refresh token is returned as RV(refresh_token)
+        (then put C(no_log) on the task).
+    type: bool
+    default: true
+  return_access_token:
+    description:
+      - Also return the access token the exchange gave, as RV(access_token). Put C(no_log) on the task.
+    type: bool
+    default: false
+notes:
+  - The module's results contain tokens only when asked for; Ansible does not mask returned secrets, so use
+    C(no_log) on tasks that ask for them.
+  - The provider's admin must allow the client the token-exchange grant and refresh tokens (and, for many providers,
+    the C(offline_access) scope). See the collection's guide.
+requirements:
+  - requests
+  - PyNaCl
+seealso:
+  - module: oidc.tokens.oidc_token
+  - module: oidc.tokens.oidc_revoke
+  - module: oidc.tokens.oidc_account
+'''
+
+EXAMPLES = r'''
+- name: Trade the user's access token for an account that outlives it
+  oidc.tokens.oidc_token_exchange:
+    name: job1
+    issuer: https://iam.example.org/
+    client_id: job-runner
+    client_secret: "{{ vault_job_runner_secret }}"
+    subject_token: "{{ lookup('ansible.builtin.env', 'OIDC_AT') }}"
+    scope: [openid, storage.read:/, compute.read]
+    lifetime: 604800
+    encryption_password: "{{ vault_account_password }}"
+
+- name: A GitLab CI job's ID token as the subject
+  oidc.tokens.oidc_token_exchange:
+    name: ci
+    issuer: https://keycloak.example.org/realms/hpc
+    client_id: ci-exchanger
+    client_secret: "{{ vault_ci_secret }}"
+    subject_token: "{{ lookup('ansible.builtin.env', 'GITLAB_OIDC_TOKEN') }}"
+    subject_token_type: jwt
+    encryption_password_env: ACCOUNT_PASSWORD
+'''
+
+RETURN = r'''
+account:
+  description: The account's non-secret facts.
+  returned: always
+  type: dict
+  contains:
+    name: {description: The account name., type: str, sample: job1}
+    path: {description: The account file., type: str, sample: /home/alice/.config/oidc-agent/job1}
+    issuer: {description: The issuer URL., type: str, sample: https://iam.example.org/}
+    client_id: {description: The client., type: str, sample: job-runner}
+    scope: {description: The scopes the refresh token covers., type: list, elements: str, sample: [openid, offline_access]}
+    audience: {description: The audiences asked for., type: list, elements: str, sample: []}
+    resource: {description: The resources asked for., type: list, elements: str, sample: []}
+    lifetime_end: {description: Epoch seconds after which the account hands out no token, or null., type: int, sample: 1767225600}
+    created_at: {description: Epoch seconds of the exchange., type: int, sample: 1766620800}
+    source: {description: How the account was made., type: str, sample: token_exchange}
+    has_refresh_token: {description: Whether the account holds a refresh token., type: bool, sample: true}
+exchanged:
+  description: Whether a token exchange happened (or, in check mode, would happen).
+  returned: always
+  type: bool
+  sample: true
+access_token:
+  description: The access token the exchange gave.
+  returned: when O(return_access_token=true) and the provider returned one
+  type: str
+expires_at:
+  description: Epoch seconds when RV(access_token) expires.
+  returned: when O(return_access_token=true) and the provider returned one
+  type: int
+refresh_token:
+  description: The refresh token.
+  returned: when O(persist=false)
+  type: str
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.oidc.tokens.plugins.module_utils._options import (
+    PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
+    run_module)
+from ansible_collections.oidc.tokens.plugins.module_utils._oauth import TOKEN_TYPE_REFRESH, resolve_token_type
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
+    account_facts, account_is_usable, build_account, exchange)
+
+
+def run(module):
+    params = module.params
+    name = params['name']
+    if resolve_token_type(params['requested_token_type']) != TOKEN_TYPE_REFRESH:
+        module.fail_json(msg='requested_token_type must be a refresh token: this module keeps a refresh token. '
+                             'Use the provider directly for other exchanges.')
+    store = account_store(params.get)
+    path = store.path(name)
+    password = encryption_password(params.get) if params['persist'] else None
+    client = oauth_client(params.get)
+
+    before = None
+    replace_reason = 'no account of that name exists'
+    if params['persist'] and store.exists(name):
+        if params['force']:
+            replace_reason = 'force is set'
+        else:
+            existing = store.load(name, password)
+            before = account_facts(name, existing, path)
+            replace_reason = account_is_usable(existing, client.issuer, client.client_id)
+            if replace_reason is None:
+                return {'changed': False, 'exchanged': False, 'account': before,
+                        'diff': {'before': before, 'after': before}}
+
+    result = {'changed': True, 'exchanged': True, 'msg': 'Exchanged because %s.' % replace_reason}
+    if module.check_mode:
+        planned = build_account(name, client.issuer, client.client_id, None, None, params['scope'],
+                                params['audience'], params['resource'], params['lifetime'], ca_path=params['ca_path'])
+        result['account'] = account_facts(name, planned, path)
+        result['diff'] = {'before': before or {}, 'after': result['account']}
+        return result
+
+    token = exchange(client, params['subject_token'], params['subject_token_type'], params['requested_token_type'],
+                     params['scope'], params['audience'], params['resource'], params['actor_token'],
+                     params['actor_token_type'])
+    account = build_account(name, client.issuer, client.client_id, params['client_secret'], token.refresh_token,
+                            token.scope or params['scope'], params['audience'], params['resource'],
+                            params['lifetime'], ca_path=params['ca_path'])
+    if token.access_token and token.expires_at:
+        account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
+                             'access_token_scope': token.scope})
+    warnings = []
+    if not params['persist']:
+        result['refresh_token'] = token.refresh_token
+    elif store.exists(name):
+        warnings.extend(replace_account(store, name, password, account, params))
+    else:
+        store.save(name, account, password)
+    if params['return_access_token'] and token.access_token:
+        result['access_token'] = token.access_token
+        result['expires_at'] = token.expires_at
+    result['account'] = account_facts(name, account, path)
+    result['diff'] = {'before': before or {}, 'after': result['account']}
+    result['warnings'] = warnings
+    return result
+
+
+def replace_account(store, name, password, account, params):
+    """Swap the new account in under the lock, then revoke the replaced refresh token.
+
+    Readers never see the account missing; a failure to revoke the old token costs a warning,
+    not the new account.
+    """
+    try:
+        old = store.update(name, password, lambda current: (account, current))
+    except OidcTokensError as exc:
+        # Only reached with force: the old file cannot be read, so its token cannot be revoked.
+        store.save(name, account, password)
+        return ['The replaced account %r could not be read, so its refresh token was not revoked: %s' % (name, exc)]
+    if not old.get('refresh_token'):
+        return []
+    try:
+        oauth_client(params.get, old).revoke(old['refresh_token'])
+    except OidcTokensError as exc:
+        return ['The replaced refresh token of account %r was not revoked: %s' % (name, exc)]
+    return []
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argspec(
+            PROVIDER_ARGSPEC, STORE_ARGSPEC,
+            name=dict(type='str', required=True),
+            issuer=dict(PROVIDER_ARGSPEC['issuer'], required=True),
+            client_id=dict(type='str', required=True),
+            subject_token=dict(type='str', required=True, no_log=True),
+            subject_token_type=dict(type='str', default='access_token'),
+            requested_token_type=dict(type='str', default='refresh_token'),
+            scope=dict(type='list', elements='str'),
+            audience=dict(type='list', elements='str'),
+            resource=dict(type='list', elements='str'),
+            actor_token=dict(type='str', no_log=True),
+            actor_token_type=dict(type='str'),
+            lifetime=dict(type='int'),
+            force=dict(type='bool', default=False),
+            persist=dict(type='bool', default=True),
+            return_access_token=dict(type='bool', default=False),
+        ),
+        required_together=[('actor_token', 'actor_token_type')],
+        supports_check_mode=True,
+    )
+    require_libraries(module, nacl=module.params['persist'])
+    run_module(module, lambda: run(module))
+
+
+if __name__ == '__main__':
+    main()
