@@ -20,8 +20,8 @@ options:
     aliases: [issuer_url]
   client_id:
     description:
-      - The confidential client registered with the provider (for an exchange: one that is allowed the
-        token-exchange grant). For an existing account, defaults to the client stored in the account.
+      - The confidential client registered with the provider. For an exchange, the client must be allowed the
+        token-exchange grant. For an existing account, defaults to the client stored in the account.
     type: str
   client_secret:
     description:

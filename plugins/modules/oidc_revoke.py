@@ -11,7 +11,7 @@ short_description: Revoke an account's refresh token and remove the account
 version_added: 0.1.0
 description:
   - Revokes (RFC 7009) the refresh token the account holds now, and deletes the account file. This is oidc-agent's
-    C(oidc-token-exchange -r), done on the current token: the revocation happens under the account's lock, so a
+    C(oidc-token-exchange -r), done on the current token. The revocation happens under the account's lock, so a
     refresh running at the same moment cannot leave a newer, unrevoked token behind.
   - An account that does not exist is fine and reports no change, so teardown can run twice, or after a failed start.
   - When the provider cannot revoke the token, the task fails and the account is kept so that revocation can be tried

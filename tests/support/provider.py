@@ -95,7 +95,9 @@ def check_installed():
             'the test provider is not installed: %s has no node_modules/oidc-provider; '
             'run `npm ci --prefix tests/provider` from the repository root'
             % os.path.relpath(PROVIDER_DIR, os.getcwd()))
-    node = shutil.which('node')
+    # scripts/setup installs Node.js from npm into tests/provider/.node when the machine's is too old.
+    local = os.path.join(PROVIDER_DIR, '.node', 'node_modules', '.bin', 'node')
+    node = local if os.access(local, os.X_OK) else shutil.which('node')
     if not node:
         raise ProviderError('`node` (Node.js 20 or later) is not on PATH; the test provider needs it')
     return node
@@ -576,6 +578,26 @@ def _cli_stop(args):
     return 0
 
 
+def _cli_user_token(args):
+    """Print a user's access token from the provider of STATE_DIR (test-only password grant)."""
+    with open(os.path.join(os.path.abspath(args.state_dir), 'provider.json'), encoding='utf-8') as handle:
+        state = json.load(handle)
+    verify = state.get('ca_path') or True
+    metadata = requests.get(state['url'] + '/.well-known/openid-configuration', verify=verify, timeout=10).json()
+    client = state['clients'][USER_CLIENT]
+    user = state['users'][args.user]
+    response = requests.post(metadata['token_endpoint'], verify=verify, timeout=10,
+                             auth=(client['client_id'], client['client_secret']),
+                             data={'grant_type': 'password', 'username': args.user, 'password': user['password'],
+                                   'scope': args.scope})
+    if response.status_code != 200:
+        print('password grant for %s failed: HTTP %s %s' % (args.user, response.status_code, response.text[:300]),
+              file=sys.stderr)
+        return 1
+    print(response.json()['access_token'])
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Start or stop the test OpenID provider.')
     sub = parser.add_subparsers(dest='command', required=True)
@@ -593,9 +615,15 @@ def main(argv=None):
     start.add_argument('--config', help='users and clients (default tests/provider/config.json)')
     stop = sub.add_parser('stop', help='stop the provider started from STATE_DIR')
     stop.add_argument('--state-dir', required=True)
+    user_token = sub.add_parser('user-token', help="print a user's access token (to stdout, for $(...))")
+    user_token.add_argument('--state-dir', required=True)
+    user_token.add_argument('--user', default='alice')
+    user_token.add_argument('--scope', default=DEFAULT_USER_SCOPE)
     args = parser.parse_args(argv)
     if args.command == 'start':
         return _cli_start(args)
+    if args.command == 'user-token':
+        return _cli_user_token(args)
     return _cli_stop(args)
 
 
