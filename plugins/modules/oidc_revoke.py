@@ -17,7 +17,7 @@ description:
   - When the provider cannot revoke the token, the task fails and the account is kept so that revocation can be tried
     again, unless O(force) is set.
 author:
-  - oidc.tokens maintainers
+  - oidc.tokens maintainers (@oidc-tokens)
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store

@@ -17,7 +17,7 @@ description:
     rotates the refresh token, the new one is written to the account file before the access token is returned.
   - A token with O(scope), O(audience) or O(resource) is always fresh (down-scoping never uses the kept token).
 author:
-  - oidc.tokens maintainers
+  - oidc.tokens maintainers (@oidc-tokens)
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store
@@ -148,7 +148,10 @@ def run(module):
     params = module.params
     store = account_store(params.get)
     password = encryption_password(params.get)
-    client_for = lambda account: oauth_client(params.get, account)  # noqa: E731
+
+    def client_for(account):
+        return oauth_client(params.get, account)
+
     if module.check_mode:
         return check_mode_result(store, params, password)
     token = access_token(store, params['name'], password, client_for, params['min_valid_period'], params['scope'],

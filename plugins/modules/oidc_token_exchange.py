@@ -20,7 +20,7 @@ description:
     unless O(force) is set. A replaced account's old refresh token is revoked.
   - Revoke the account with M(oidc.tokens.oidc_revoke) when the job is done.
 author:
-  - oidc.tokens maintainers
+  - oidc.tokens maintainers (@oidc-tokens)
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store
@@ -163,7 +163,7 @@ account:
     scope: {description: The scopes the refresh token covers., type: list, elements: str, sample: [openid, offline_access]}
     audience: {description: The audiences asked for., type: list, elements: str, sample: []}
     resource: {description: The resources asked for., type: list, elements: str, sample: []}
-    lifetime_end: {description: Epoch seconds after which the account hands out no token, or null., type: int, sample: 1767225600}
+    lifetime_end: {description: 'Epoch seconds after which the account hands out no token, or null.', type: int, sample: 1767225600}
     created_at: {description: Epoch seconds of the exchange., type: int, sample: 1766620800}
     source: {description: How the account was made., type: str, sample: token_exchange}
     has_refresh_token: {description: Whether the account holds a refresh token., type: bool, sample: true}

@@ -14,8 +14,8 @@ import pytest
 
 from ansible_collections.oidc.tokens.plugins.module_utils import _oauth
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
-    DiscoveryError, InsecureTransportError, IssuerMismatchError, OAuthClient, ProviderError,
-    ResponseError, TOKEN_TYPE_ACCESS, TOKEN_TYPE_REFRESH, TransportError)
+    InsecureTransportError, IssuerMismatchError, OAuthClient, ProviderError, ResponseError, TOKEN_TYPE_REFRESH,
+    TransportError)
 from fault_proxy import FaultProxy
 
 SCOPE = 'openid profile offline_access storage.read:/ compute.read'

@@ -395,11 +395,11 @@ def test_jwt_access_tokens_verify_and_can_be_exchanged(provider_factory):
 
     body = ok(exchange(jwt_op, subject, subject_token_type=TT_JWT, requested_token_type=TT_REFRESH,
                        scope='openid storage.read:/'))
-    _, exchanged = verify_jwt(jwt_op, body['access_token'])
+    _header, exchanged = verify_jwt(jwt_op, body['access_token'])
     assert exchanged['client_id'] == EXCHANGER and exchanged['sub'] == claims['sub']
     assert scopes(exchanged['scope']) == {'openid', 'storage.read:/', 'offline_access'}
     refreshed = ok(refresh(jwt_op, body['refresh_token']))
-    _, again = verify_jwt(jwt_op, refreshed['access_token'])
+    _header, again = verify_jwt(jwt_op, refreshed['access_token'])
     assert again['sub'] == claims['sub'] and again['aud'] == exchanged['aud']
     # the access-token type works for JWT access tokens too
     ok(exchange(jwt_op, subject, requested_token_type=TT_ACCESS, scope='openid'))
@@ -485,11 +485,11 @@ def test_command_line_start_and_stop(tmp_path):
         meta = requests.get(state['url'] + '/.well-known/openid-configuration', verify=state['ca_path'], timeout=10)
         assert meta.json()['issuer'] == state['issuer']
         again = subprocess.run([sys.executable, script, 'start', '--state-dir', str(state_dir)],
-                               capture_output=True, text=True, timeout=30)
+                               capture_output=True, text=True, timeout=30, check=False)
         assert again.returncode == 1 and 'already running' in again.stderr
     finally:
         stopped = subprocess.run([sys.executable, script, 'stop', '--state-dir', str(state_dir)],
-                                 capture_output=True, text=True, timeout=30)
+                                 capture_output=True, text=True, timeout=30, check=False)
     assert stopped.returncode == 0 and 'stopped' in stopped.stdout
     assert not (state_dir / 'provider.json').exists()
     assert _wait_gone(state['pid'])
@@ -504,7 +504,7 @@ def test_the_provider_dies_with_the_python_process():
         print(p.pid, flush=True)
         os.kill(os.getpid(), 9)  # no atexit, no cleanup: only the stdin pipe tells the child
     ''' % os.path.join(REPO_ROOT, 'tests', 'support'))
-    child = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=30)
+    child = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=30, check=False)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert _wait_gone(int(child.stdout.strip()))
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // Test OpenID provider for the oidc.tokens collection: a real node-oidc-provider with RFC 8693
 // token exchange and a test-only password grant added through registerGrantType().
 //

@@ -111,7 +111,7 @@ class FaultProxy:
             with self._lock:
                 self.requests += 1
                 self.log.append((head.split(b'\r\n', 1)[0].decode('latin-1'), fault))
-            kind, _, arg = fault.partition(':')
+            kind, _sep, arg = fault.partition(':')
             if kind == 'status':
                 await _answer(writer, int(arg), 'text/html',
                               b'<html><head><title>%d Service Unavailable</title></head><body>upstream down</body></html>'
@@ -158,7 +158,7 @@ async def _read_request(reader):
     head = await reader.readuntil(b'\r\n\r\n')
     length = 0
     for line in head.split(b'\r\n'):
-        name, _, value = line.partition(b':')
+        name, _sep, value = line.partition(b':')
         if name.strip().lower() == b'content-length':
             length = int(value.strip())
     body = await reader.readexactly(length) if length else b''

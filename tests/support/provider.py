@@ -492,8 +492,7 @@ class Provider:
             'token_endpoint': self.token_endpoint if self.url else None,
             'log': self.log_path if self.workdir else None,
             'clients': self.clients(),
-            'users': {name: {k: v for k, v in user.items()}
-                      for name, user in self.config.get('users', {}).items()},
+            'users': {name: dict(user) for name, user in self.config.get('users', {}).items()},
         }
 
 
