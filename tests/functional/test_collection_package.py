@@ -1,0 +1,69 @@
+"""The collection as users get it: built with ansible-galaxy, installed, documented, and its modules'
+library checks on a host that lacks the libraries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import venv
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+
+def tool(name):
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else name
+
+
+@pytest.fixture(scope='module')
+def installed(tmp_path_factory):
+    """The collection built from this checkout and installed into a private collections path."""
+    base = tmp_path_factory.mktemp('galaxy')
+    subprocess.run([tool('ansible-galaxy'), 'collection', 'build', '--output-path', str(base), REPO_ROOT],
+                   check=True, capture_output=True, text=True, timeout=120)
+    (tarball,) = base.glob('oidc-tokens-*.tar.gz')
+    subprocess.run([tool('ansible-galaxy'), 'collection', 'install', '-p', str(base / 'collections'), str(tarball)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    return tarball, base / 'collections'
+
+
+def run_ansible(args, collections, **env):
+    environment = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR='1', **env)
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, env=environment, check=False)
+
+
+def test_tarball_holds_the_plugins_and_no_build_litter(installed):
+    tarball, _collections = installed
+    with tarfile.open(tarball) as archive:
+        names = archive.getnames()
+    assert 'plugins/module_utils/_oauth.py' in names and 'plugins/modules/oidc_token_exchange.py' in names
+    assert not [n for n in names if n.startswith(('.venv', 'tests/output', '.git/')) or '/node_modules/' in n
+                or n.startswith('tests/provider/node_modules')]
+
+
+def test_installed_collection_lists_and_documents_its_modules(installed):
+    _tarball, collections = installed
+    listing = run_ansible([tool('ansible-doc'), '-l', 'oidc.tokens', '--json'], collections)
+    assert listing.returncode == 0, listing.stderr
+    modules = json.loads(listing.stdout)
+    for name in ('oidc_token_exchange', 'oidc_token', 'oidc_revoke'):
+        assert 'oidc.tokens.%s' % name in modules
+    doc = run_ansible([tool('ansible-doc'), 'oidc.tokens.oidc_token_exchange'], collections)
+    assert doc.returncode == 0 and 'subject_token' in doc.stdout and 'EXAMPLES' in doc.stdout
+
+
+def test_a_host_without_requests_gets_ansibles_missing_library_message(installed, tmp_path):
+    _tarball, collections = installed
+    bare = tmp_path / 'bare-python'
+    venv.EnvBuilder(with_pip=False).create(bare)
+    result = run_ansible(
+        [tool('ansible'), 'localhost', '-m', 'oidc.tokens.oidc_token', '-a', 'name=job1 encryption_password_env=X',
+         '-e', 'ansible_python_interpreter=%s' % (bare / 'bin' / 'python')], collections)
+    assert result.returncode != 0
+    assert 'Failed to import the required Python library (requests)' in result.stdout, result.stdout
