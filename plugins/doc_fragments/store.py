@@ -25,11 +25,13 @@ options:
     type: str
   encryption_password_file:
     description:
-      - A file on the host whose content (without a final newline) is the password.
+      - A file whose content (without a final newline) is the password, on the host where the plugin runs (the
+        target for modules, the controller for the lookup).
     type: path
   encryption_password_env:
     description:
-      - The name of an environment variable of the task that holds the password.
+      - The name of an environment variable that holds the password, in the environment of the module on the
+        target or of the lookup on the controller.
     type: str
   encryption_password_command:
     description:

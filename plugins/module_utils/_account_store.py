@@ -47,17 +47,15 @@ import traceback
 
 from collections.abc import MutableMapping
 
-try:
-    import nacl.exceptions
-    import nacl.pwhash.argon2id
-    import nacl.secret
-    HAS_NACL = True
-    NACL_IMPORT_ERROR = None
-except ImportError:
-    HAS_NACL = False
-    NACL_IMPORT_ERROR = traceback.format_exc()
+# PyNaCl is imported on first use (nacl_import_error), not here: the lookup's cache-hit path uses
+# this file's name and directory rules and must not load a crypto library it does not need.
+nacl = None
+HAS_NACL = None            # None: not tried yet; then True or False
+NACL_IMPORT_ERROR = None
 
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import (  # noqa: F401 (part of this API)
+    MAX_NAME_LENGTH, AccountStoreError, InvalidAccountNameError, default_config_dir, is_reserved_name,
+    validate_name)
 
 # --- the file format -------------------------------------------------------------------------
 
@@ -88,11 +86,6 @@ META_KEY = 'oidc_tokens'
 SECRET_FIELDS = frozenset(('client_secret', 'refresh_token', 'password', 'access_token',
                            'id_token'))
 
-# Names oidc-agent keeps in its directory that are not accounts.
-_RESERVED_NAMES = frozenset(('config', 'issuer.config', 'pubclients.config'))
-_RESERVED_SUFFIXES = ('.config', '.stats', '.log')
-_NAME_RE = re.compile(r'^[A-Za-z0-9_@+=,:~-][A-Za-z0-9._@+=,:~-]*$')
-MAX_NAME_LENGTH = 128
 _VERSION_RE = re.compile(r'^Generated using version: ([0-9]+)\.([0-9]+)\.([0-9]+)\S*$')
 _TMP_INFIX = '.tmp-'
 MAX_FILE_BYTES = 1024 * 1024
@@ -104,21 +97,8 @@ DEFAULT_LOCK_TIMEOUT = 120.0
 
 # --- errors ----------------------------------------------------------------------------------
 
-class AccountStoreError(OidcTokensError):
-    """Base of the store's errors; ``account`` and ``path`` say what it was about."""
-
-    def __init__(self, message, account=None, path=None):
-        super(AccountStoreError, self).__init__(message)
-        self.account = account
-        self.path = path
-
-
 class MissingDependencyError(AccountStoreError):
     """PyNaCl is not installed where the store runs."""
-
-
-class InvalidAccountNameError(AccountStoreError):
-    """A name that is not a safe oidc-agent account short name."""
 
 
 class AccountNotFoundError(AccountStoreError):
@@ -153,52 +133,27 @@ class LockTimeoutError(AccountStoreError):
     """Another process held the account's lock for longer than the timeout."""
 
 
+def nacl_import_error():
+    """None when PyNaCl imports, else the import's traceback. Imports it on the first call."""
+    global nacl, HAS_NACL, NACL_IMPORT_ERROR
+    if HAS_NACL is None:
+        try:
+            import nacl.exceptions
+            import nacl.pwhash.argon2id
+            import nacl.secret
+            HAS_NACL = True
+        except ImportError:
+            HAS_NACL = False
+            NACL_IMPORT_ERROR = traceback.format_exc()
+    return None if HAS_NACL else (NACL_IMPORT_ERROR or 'PyNaCl could not be imported.')
+
+
 def _require_nacl():
-    if not HAS_NACL:
+    if nacl_import_error() is not None:
         raise MissingDependencyError(
             'The oidc.tokens account store needs the Python library PyNaCl (python3-nacl, '
             'pip install PyNaCl) on the host where it runs; importing it failed:\n%s'
             % NACL_IMPORT_ERROR)
-
-
-# --- names -----------------------------------------------------------------------------------
-
-def is_reserved_name(name):
-    """True for file names oidc-agent keeps in its directory that are not accounts."""
-    if name in _RESERVED_NAMES:
-        return True
-    if name.endswith(_RESERVED_SUFFIXES):
-        return True
-    return '.clientconfig' in name
-
-
-def validate_name(name):
-    """Return ``name`` if it is a safe account short name, else raise InvalidAccountNameError."""
-    if not isinstance(name, str):
-        raise InvalidAccountNameError('Account name must be a string, got %s'
-                                      % type(name).__name__)
-    shown = name if len(name) <= MAX_NAME_LENGTH and name.isprintable() else repr(name[:40])
-    why = None
-    if not name:
-        why = 'it is empty'
-    elif '\x00' in name:
-        why = 'it contains a NUL byte'
-    elif '/' in name or '\\' in name:
-        why = 'it contains a path separator'
-    elif '..' in name:
-        why = "it contains '..'"
-    elif name.startswith('.'):
-        why = "it starts with '.' (hidden names are the store's lock and temporary files)"
-    elif len(name) > MAX_NAME_LENGTH:
-        why = 'it is longer than %d characters' % MAX_NAME_LENGTH
-    elif is_reserved_name(name):
-        why = 'oidc-agent reserves it (config, *.config, *.clientconfig*, *.stats, *.log)'
-    elif not _NAME_RE.match(name):
-        why = 'only letters, digits and . _ - @ + = , : ~ are allowed'
-    if why:
-        raise InvalidAccountNameError('Invalid account name %r: %s.' % (shown, why),
-                                      account=shown)
-    return name
 
 
 # --- passwords -------------------------------------------------------------------------------
@@ -597,31 +552,72 @@ def _plaintext_from_account(account, name):
 
 # --- the store -------------------------------------------------------------------------------
 
-def default_config_dir(config_dir=None):
-    """oidc-agent's order: the option, else $OIDC_CONFIG_DIR, else ~/.config/oidc-agent.
-
-    ``~`` is the running user's home ($HOME, as oidc-agent uses it). When ~/.config/oidc-agent
-    does not exist but the older ~/.oidc-agent does, that one is used, as oidc-agent does.
-    """
-    if config_dir:
-        return os.path.abspath(os.path.expanduser(str(config_dir)))
-    env = os.environ.get('OIDC_CONFIG_DIR')
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    home = os.path.expanduser('~')
-    primary = os.path.join(home, '.config', 'oidc-agent')
-    legacy = os.path.join(home, '.oidc-agent')
-    if not os.path.isdir(primary) and os.path.isdir(legacy):
-        return legacy
-    return primary
-
-
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_secret_file(path, content):
+    """Replace the file ``path`` with ``content`` (str or bytes) atomically: mode 0600, owned by the running user.
+
+    For secrets outside the store, such as the WLCG bearer-token file. A temporary file with an
+    unpredictable name is created in the same directory (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600, so it
+    is never readable by anyone else, not even for a moment, and cannot be planted in advance in a
+    sticky world-writable directory such as /tmp), written, fsynced and renamed over ``path``; then
+    the directory is fsynced. Readers see the old content or the new, never a partial file.
+    An existing ``path`` that is not a regular file, or belongs to another user, is left alone and
+    StorePermissionError raised (its message holds no secret). Returns ``path``.
+    """
+    if isinstance(content, str):
+        content = content.encode('utf-8')
+    path = os.path.abspath(path)
+    directory, base = os.path.split(path)
+
+    def refuse(why):
+        return StorePermissionError('Cannot write the file %s: %s' % (path, why), path=path)
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise refuse(e.strerror or str(e))
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse('it exists and is not a regular file (a symbolic link?); it was left as it is')
+        if st.st_uid != os.geteuid():
+            raise refuse('it exists and belongs to uid %d, not to the running user (uid %d); it was left as it is'
+                         % (st.st_uid, os.geteuid()))
+    tmp = os.path.join(directory, '.%s%s%s' % (base, _TMP_INFIX, secrets.token_hex(8)))
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0)
+             | getattr(os, 'O_CLOEXEC', 0))
+    try:
+        fd = os.open(tmp, flags, FILE_MODE)
+    except OSError as e:
+        raise refuse('cannot create a temporary file in %s: %s' % (directory, e.strerror or e))
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise refuse(exc.strerror or str(exc))
+        raise
+    _fsync_dir(directory)
+    return path
 
 
 class AccountStore(object):

@@ -89,7 +89,7 @@ def require_libraries(module, nacl=True):
 
     if not _oauth.HAS_REQUESTS:
         module.fail_json(msg=missing_required_lib('requests'), exception=_oauth.REQUESTS_IMPORT_ERROR)
-    if nacl and not _account_store.HAS_NACL:
+    if nacl and _account_store.nacl_import_error() is not None:
         module.fail_json(msg=missing_required_lib('PyNaCl'), exception=_account_store.NACL_IMPORT_ERROR)
 
 

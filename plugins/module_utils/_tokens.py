@@ -215,12 +215,12 @@ def _refresh(name, account, client, scope, audience, resource, default, min_vali
         updated.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
                              'access_token_scope': token.scope})
     warnings = []
-    if token.expires_in is not None and min_valid_period and token.expires_in < min_valid_period:
+    if token.expires_in is not None and min_valid_period and token.expires_in <= min_valid_period:
         # oidc-agent #410: users asked for more validity than the provider gives and never knew.
-        warnings.append('The provider issues access tokens valid for %d s, less than min_valid_period (%d s): '
+        warnings.append('The provider issues access tokens valid for %d s, not more than min_valid_period (%d s): '
                         'every request will refresh.' % (token.expires_in, min_valid_period))
     return updated, _token_result(account, token.access_token, token.expires_at,
-                                  token.scope or account.get('scope'), True, warnings)
+                                  token.scope or scope or account.get('scope'), True, warnings)
 
 
 def _token_result(account, token, expires_at, scope, refreshed, warnings):

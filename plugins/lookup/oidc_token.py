@@ -1,0 +1,364 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+name: oidc_token
+author:
+  - oidc.tokens maintainers (@oidc-tokens)
+version_added: 0.1.0
+short_description: Access tokens of accounts on the controller, one refresh for all hosts
+description:
+  - Returns an access token of each account named in the terms, from an account made by
+    M(oidc.tokens.oidc_token_exchange) (or by oidc-agent's C(oidc-gen)) in O(config_dir) on the B(controller),
+    like M(oidc.tokens.oidc_token) does on a host and C(oidc-token) does in a shell.
+  - Ansible templates a lookup once per host, each time in a fresh worker process. So that a play over a thousand
+    hosts costs one refresh per access-token lifetime and not a thousand (and not a thousand key derivations of the
+    encrypted account either), the lookup keeps the tokens it hands out in a cache of the controller user (see
+    O(cache) and O(cache_dir)), one entry per account, O(scope), O(audience), O(resource), O(issuer) and
+    O(client_id). An entry is reused while it has at least O(min_valid_period) seconds left and the account file
+    has not changed since (a revoked or replaced account is not served from the cache).
+  - On a miss one worker takes the cache's lock of the account, and the others wait for it and then use what it
+    got. That worker decrypts the account (one Argon2id derivation), reuses the default access token kept in the
+    account while it is valid long enough (as M(oidc.tokens.oidc_token) does), or refreshes under the account
+    store's lock; when the provider rotates the refresh token, the new one is written to the account file before
+    the access token is returned.
+  - With O(query), returns that part (a JMESPath expression) of the dictionary C(access_token), C(expires_at),
+    C(issuer), C(scope), C(claims) instead of the access token.
+extends_documentation_fragment:
+  - oidc.tokens.provider
+  - oidc.tokens.provider.plugins
+  - oidc.tokens.store
+  - oidc.tokens.store.plugins
+options:
+  _terms:
+    description:
+      - Names of accounts in O(config_dir) on the controller.
+    type: list
+    elements: str
+    required: true
+  min_valid_period:
+    description:
+      - Seconds the returned token must still be valid (oidc-token's C(-t)). A cached or kept token with less time
+        left is not used.
+      - Keep it below the lifetime of the provider's access tokens, or every call refreshes.
+    type: int
+    default: 60
+    env:
+      - name: OIDC_TOKENS_MIN_VALID_PERIOD
+    ini:
+      - section: oidc_tokens
+        key: min_valid_period
+    vars:
+      - name: oidc_tokens_min_valid_period
+  scope:
+    description:
+      - Ask for a token with fewer scopes than the account holds (oidc-token's C(-s)). Unlike oidc-agent, the lookup
+        caches such a token too, in an entry of its own.
+    type: list
+    elements: str
+  audience:
+    description:
+      - Audiences for the token (oidc-token's C(--aud), sent as C(audience)).
+    type: list
+    elements: str
+  resource:
+    description:
+      - RFC 8707 resources for the token.
+    type: list
+    elements: str
+  force:
+    description:
+      - Refresh even if a cached or kept token is still valid (oidc-token's C(-f)); the new token replaces the cached
+        one. Every host that evaluates the lookup with O(force) refreshes.
+    type: bool
+    default: false
+  verify:
+    description:
+      - When O(query) uses C(claims) (or the whole dictionary), check a JWT access token's signature against the
+        provider's JWKS, its issuer and its expiry before its claims are returned. When false, the claims are only
+        decoded. An opaque token has no claims. Without O(query) nothing is verified.
+    type: bool
+    default: true
+    env:
+      - name: OIDC_TOKENS_VERIFY
+    ini:
+      - section: oidc_tokens
+        key: verify
+  query:
+    description:
+      - A JMESPath expression applied to the dictionary C(access_token), C(expires_at), C(issuer), C(scope), C(claims);
+        its result is returned instead of the access token.
+      - 'For example C(expires_at), C(claims.sub) or C({token: access_token, until: expires_at}).'
+      - Needs the Python library jmespath on the controller.
+    type: str
+  cache:
+    description:
+      - Keep the tokens handed out in the cache and reuse them (see O(cache_dir)). When false, every evaluation
+        decrypts the account, and refreshes unless the default token kept in the account is still valid.
+    type: bool
+    default: true
+    env:
+      - name: OIDC_TOKENS_CACHE
+    ini:
+      - section: oidc_tokens
+        key: cache
+  cache_dir:
+    description:
+      - The directory of the cache, created with mode 0700; its files have mode 0600.
+      - When not set, C($XDG_RUNTIME_DIR/oidc-tokens) if C(XDG_RUNTIME_DIR) is set (a tmpfs of the user on systemd
+        systems), else C(~/.cache/oidc-tokens).
+    type: path
+    env:
+      - name: OIDC_TOKENS_CACHE_DIR
+    ini:
+      - section: oidc_tokens
+        key: cache_dir
+    vars:
+      - name: oidc_tokens_cache_dir
+notes:
+  - The lookup runs on the controller and reads accounts of the controller user. For accounts on the managed hosts
+    use M(oidc.tokens.oidc_token).
+  - The cache holds access tokens in plain text, in files of mode 0600 of the controller user in a directory of mode
+    0700 (on a tmpfs when C(XDG_RUNTIME_DIR) is set, so nothing reaches a disk). Refresh tokens and the client
+    secret never go there; they stay encrypted in the account file. Set O(cache=false) to keep no token outside the
+    account file.
+  - A cache hit neither decrypts the account nor checks the encryption password, since whoever can read the cache as
+    the controller user gets the same tokens without it.
+  - Ansible does not hide what a lookup returns. Put C(no_log) on tasks that show the token, and pass it to modules
+    in options they mark as secret.
+  - Every OAuth and account error fails the task with a message that names the account and never holds a secret.
+requirements:
+  - requests (on a cache miss)
+  - PyNaCl (on a cache miss)
+  - jmespath (for O(query))
+  - cryptography (for O(verify) of claims)
+seealso:
+  - module: oidc.tokens.oidc_token
+  - module: oidc.tokens.oidc_token_exchange
+'''
+
+EXAMPLES = r'''
+- name: Call an API on every host with the job's access token (one refresh for the whole play)
+  ansible.builtin.uri:
+    url: https://api.example.org/v1/jobs
+    headers:
+      Authorization: "Bearer {{ lookup('oidc.tokens.oidc_token', 'job1') }}"
+  no_log: true
+  vars:
+    oidc_tokens_encryption_password_file: ~/.config/oidc-tokens/job1.pw
+
+- name: A down-scoped token valid for at least 10 minutes
+  ansible.builtin.set_fact:
+    storage_token: >-
+      {{ lookup('oidc.tokens.oidc_token', 'job1', scope=['storage.read:/'], min_valid_period=600,
+                encryption_password=vault_account_password) }}
+  no_log: true
+
+- name: Only the expiry and the subject, never the token
+  ansible.builtin.debug:
+    msg: "{{ lookup('oidc.tokens.oidc_token', 'job1', query='{until: expires_at, sub: claims.sub}') }}"
+
+# In ansible.cfg:
+#   [oidc_tokens]
+#   config_dir = ~/.config/oidc-agent
+#   encryption_password_file = ~/.config/oidc-tokens/password
+#   min_valid_period = 300
+'''
+
+RETURN = r'''
+_raw:
+  description:
+    - One access token per account named, or with O(query) what the expression selects from C(access_token),
+      C(expires_at) (epoch seconds, null when the provider does not say), C(issuer), C(scope) (list) and
+      C(claims) (the JWT access token's claims; empty for an opaque token).
+  type: list
+  elements: raw
+'''
+
+import os
+import time
+
+from ansible import constants as C
+from ansible.errors import AnsibleError
+from ansible.plugins.lookup import LookupBase
+from ansible.utils.display import Display
+
+try:
+    from ansible.errors import AnsibleValueOmittedError
+except ImportError:  # ansible-core < 2.19
+    AnsibleValueOmittedError = None
+
+# Nothing heavy is imported here: a cache hit must stay cheap in every worker process. requests,
+# PyNaCl and the collection's OAuth and store code are imported on a miss, jmespath only for ``query``.
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
+
+display = Display()
+
+QUERY_FIELDS = ('access_token', 'expires_at', 'issuer', 'scope', 'claims')
+
+
+def _compile_query(expression):
+    try:
+        import jmespath
+    except ImportError:
+        raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library jmespath on the controller for '
+                           'the query option (pip install jmespath).')
+    try:
+        return jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise AnsibleError('The query %r of the lookup oidc.tokens.oidc_token is not a valid JMESPath expression: %s'
+                           % (expression, exc)) from None
+
+
+def query_needs_claims(parsed):
+    """Whether a compiled JMESPath expression (its ``parsed`` AST) can reach ``claims``.
+
+    True when it names the field ``claims`` or uses the current node (``@``) or a value projection
+    (``*``), which can return the whole dictionary.
+    """
+    stack = [parsed]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get('type')
+        if kind == 'field' and node.get('value') == 'claims':
+            return True
+        if kind in ('current', 'value_projection'):
+            return True
+        stack.extend(node.get('children') or [])
+    return False
+
+
+class LookupModule(LookupBase):
+
+    def run(self, terms, variables=None, **kwargs):
+        self.set_options(var_options=self._option_vars(variables), direct=kwargs)
+
+        query = self.get_option('query')
+        compiled = _compile_query(query) if query else None
+        claims = None
+        if compiled is not None and query_needs_claims(compiled.parsed):
+            claims = 'verify' if self.get_option('verify') else 'decode'
+
+        results = []
+        for term in terms:
+            if not isinstance(term, str) or not term:
+                raise AnsibleError('The lookup oidc.tokens.oidc_token takes account names, not %r.' % (term,))
+            try:
+                token = self.token(str(term), claims)
+            except OidcTokensError as exc:
+                raise AnsibleError(str(exc)) from None
+            if compiled is None:
+                results.append(token['access_token'])
+            else:
+                data = dict((field, token.get(field)) for field in QUERY_FIELDS)
+                results.append(compiled.search(data))
+        return results
+
+    def _option_vars(self, variables):
+        """The variables that set options (the vars: entries), templated.
+
+        Ansible hands a lookup the variables as they were written, so ``oidc_tokens_config_dir:
+        "{{ base }}/accounts"`` would arrive untemplated; connection plugins template theirs the same way.
+        """
+        if not variables:
+            return variables
+        templar = getattr(self, '_templar', None)
+        options = {}
+        for name in C.config.get_plugin_vars('lookup', self._load_name):
+            if name not in variables:
+                continue
+            value = variables[name]
+            if templar is not None:
+                try:
+                    value = templar.template(value)
+                except Exception as exc:
+                    if AnsibleValueOmittedError is not None and isinstance(exc, AnsibleValueOmittedError):
+                        continue
+                    raise
+            options[name] = value
+        return options
+
+    # -- the cache -------------------------------------------------------------------------------
+
+    def token(self, name, claims=None):
+        """The token dict of account ``name``: from the cache, or fetched under the account's cache lock."""
+        force = self.get_option('force')
+        min_valid_period = self.get_option('min_valid_period')
+        if not self.get_option('cache') or not cache_mod.cacheable_name(name):
+            # An invalid name goes straight to the store, which says what is wrong with it.
+            return self._fetch(name, force, claims or 'decode')
+
+        config_dir = cache_mod.default_config_dir(self.get_option('config_dir'))
+        account_path = os.path.join(config_dir, name)
+        account = cache_mod.account_id(config_dir, name)
+        key = cache_mod.entry_key(self.get_option('scope'), self.get_option('audience'), self.get_option('resource'),
+                                  self.get_option('issuer'), self.get_option('client_id'))
+        cache = cache_mod.TokenCache(self.get_option('cache_dir') or cache_mod.default_cache_dir())
+
+        if not force:
+            entry = cache.read(account, key)
+            if cache_mod.usable(entry, time.time(), min_valid_period, cache_mod.account_stamp(account_path), claims):
+                return entry
+
+        with cache.locked(account, name):
+            if not force:
+                # Another worker may have filled the entry while this one waited for the lock.
+                entry = cache.read(account, key)
+                if cache_mod.usable(entry, time.time(), min_valid_period, cache_mod.account_stamp(account_path),
+                                    claims):
+                    return entry
+            before = cache_mod.account_stamp(account_path)
+            # Claims are at least decoded (free for a JWT) so that a later query on them is a hit too.
+            claims_mode = claims or 'decode'
+            result = self._fetch(name, force, claims_mode)
+            after = cache_mod.account_stamp(account_path)
+            entry = cache_mod.make_entry(name, config_dir, result, after, claims_mode)
+            try:
+                if after is not None and isinstance(entry['expires_at'], (int, float)):
+                    cache.write(account, key, entry)
+                else:
+                    cache.remove(account, key)
+                if result.get('refreshed') and before is not None and after is not None and before != after:
+                    # This worker rotated the refresh token: the account's other entries stay valid.
+                    cache.restamp(account, before, after, skip_key=key)
+                cache.prune(account)
+            except (OSError, cache_mod.TokenCacheError) as exc:
+                # The token is good and the account already saved: a cache that cannot be written costs
+                # the next hosts a refresh each, not this one its token.
+                display.warning('The token of account %r was not kept in the cache %s: %s'
+                                % (name, cache.directory, getattr(exc, 'strerror', None) or exc))
+            return entry
+
+    # -- a miss ----------------------------------------------------------------------------------
+
+    def _fetch(self, name, force, claims):
+        """Ask the account store (and the provider if need be), as the module oidc_token does."""
+        from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _options, _tokens
+
+        if not _oauth.HAS_REQUESTS:
+            raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library requests on the controller '
+                               '(pip install requests).')
+        if _account_store.nacl_import_error() is not None:
+            raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library PyNaCl on the controller to '
+                               'read the encrypted account (pip install PyNaCl).')
+        get = self.get_option
+        store = _options.account_store(get)
+        password = _options.encryption_password(get)
+
+        def client_for(account):
+            return _options.oauth_client(get, account)
+
+        result = _tokens.access_token(store, name, password, client_for, get('min_valid_period'), get('scope'),
+                                      get('audience'), get('resource'), force, claims=claims)
+        for warning in result.get('warnings') or []:
+            display.warning(warning)
+        return result

@@ -1,0 +1,361 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The controller's cache of access tokens for the lookup ``oidc.tokens.oidc_token``.
+
+Ansible templates a lookup once per host, each time in a fresh worker process, so nothing kept in
+memory survives from one host to the next. This file keeps what the lookup handed out on disk
+instead, so that a play over many hosts costs one refresh (and one Argon2id derivation) per
+access-token lifetime rather than one per host.
+
+Layout, in one directory of the controller user (``default_cache_dir()``), mode 0700:
+
+``<account>-<key>.json``
+    One entry (mode 0600): the access token, ``expires_at``, ``issuer``, ``scope``, ``claims``
+    (with ``claims_mode``: how they were obtained) and the ``account_stamp`` (device, inode, size,
+    mtime of the account file when the token was obtained). ``<account>`` hashes the absolute
+    config_dir and the account name, ``<key>`` hashes everything that selects a token (scope,
+    audience, resource, issuer and client overrides).
+``.<account>.lock``
+    The exclusive ``flock`` a worker holds while it fills an entry of that account, so concurrent
+    workers wait for one refresh instead of racing a rotating refresh token.
+
+An entry is used while ``expires_at - now >= min_valid_period`` and while the account file is the
+one it came from: a revoked (deleted), replaced or otherwise rewritten account invalidates it. The
+lookup itself rewrites the account when a refresh rotates the refresh token; it then moves the
+entries of the same account that were valid before to the new stamp, under the lock.
+
+Reading an entry takes no lock (entries are replaced atomically) and imports nothing heavy: this
+file uses the standard library only, and the collection's exception base.
+
+Internal to the oidc.tokens collection: no compatibility promise to anyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import stat
+import time
+
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import (  # noqa: F401 (re-exported)
+    InvalidAccountNameError, default_config_dir, validate_name)
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+
+CACHE_VERSION = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+LOCK_TIMEOUT = 300.0
+MAX_ENTRY_BYTES = 256 * 1024
+ENTRY_SUFFIX = '.json'
+_TMP_INFIX = '.tmp-'
+_HASH_CHARS = 32
+
+CLAIMS_MODES = (None, 'decode', 'verify')
+
+
+class TokenCacheError(OidcTokensError):
+    """The cache directory or one of its files cannot be used safely."""
+
+
+def default_cache_dir(environ=None):
+    """``$XDG_RUNTIME_DIR/oidc-tokens`` (a per-user tmpfs) when set, else ``~/.cache/oidc-tokens``."""
+    environ = os.environ if environ is None else environ
+    runtime = environ.get('XDG_RUNTIME_DIR')
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, 'oidc-tokens')
+    return os.path.join(os.path.expanduser('~'), '.cache', 'oidc-tokens')
+
+
+def cacheable_name(name):
+    """True when ``name`` is an account short name the store accepts (then it is safe in a path)."""
+    try:
+        validate_name(name)
+    except InvalidAccountNameError:
+        return False
+    return True
+
+
+def _digest(value):
+    data = json.dumps(value, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
+    return hashlib.sha256(data.encode('ascii')).hexdigest()[:_HASH_CHARS]
+
+
+def _sorted_list(value):
+    if not value:
+        return []
+    if isinstance(value, str):
+        value = value.split()
+    return sorted(set(str(v) for v in value if v))
+
+
+def account_id(config_dir, name):
+    """The hash naming an account's entries and lock: absolute config_dir and account name."""
+    return _digest(['account', str(config_dir), str(name)])
+
+
+def entry_key(scope=None, audience=None, resource=None, issuer=None, client_id=None):
+    """The hash of what selects a token of an account: scope, audience, resource, issuer and client."""
+    return _digest({
+        'scope': _sorted_list(scope),
+        'audience': _sorted_list(audience),
+        'resource': _sorted_list(resource),
+        'issuer': str(issuer).strip().rstrip('/') if issuer else None,
+        'client_id': str(client_id) if client_id else None,
+    })
+
+
+def account_stamp(path):
+    """[device, inode, size, mtime_ns] of the account file, or None when there is none.
+
+    Every write of the store is a rename of a new file, so any rewrite changes the stamp.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def claims_satisfied(have, need):
+    """Whether claims obtained as ``have`` (None, 'decode', 'verify') serve a request for ``need``."""
+    if need is None:
+        return True
+    if need == 'decode':
+        return have in ('decode', 'verify')
+    return have == 'verify'
+
+
+def usable(entry, now, min_valid_period, stamp, claims=None):
+    """Whether a cache entry may be handed out now."""
+    if not isinstance(entry, dict) or entry.get('version') != CACHE_VERSION:
+        return False
+    token, expires_at = entry.get('access_token'), entry.get('expires_at')
+    if not isinstance(token, str) or not token:
+        return False
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+        return False
+    if expires_at - now < (min_valid_period or 0):
+        return False
+    if stamp is None or entry.get('account_stamp') != stamp:
+        return False
+    return claims_satisfied(entry.get('claims_mode'), claims)
+
+
+def make_entry(name, config_dir, result, stamp, claims_mode, now=None):
+    """A cache entry from what ``_tokens.access_token`` returned."""
+    return {
+        'version': CACHE_VERSION,
+        'account': str(name),
+        'config_dir': str(config_dir),
+        'access_token': result['access_token'],
+        'expires_at': result.get('expires_at'),
+        'issuer': result.get('issuer') or '',
+        'scope': list(result.get('scope') or []),
+        'claims': result.get('claims') or {},
+        'claims_mode': claims_mode,
+        'account_stamp': stamp,
+        'created_at': int(time.time() if now is None else now),
+    }
+
+
+class TokenCache(object):
+    """Entries and locks in one directory of the controller user."""
+
+    def __init__(self, directory, lock_timeout=LOCK_TIMEOUT):
+        self.directory = os.path.abspath(os.path.expanduser(str(directory)))
+        self.lock_timeout = lock_timeout
+
+    def entry_path(self, account, key):
+        return os.path.join(self.directory, '%s-%s%s' % (account, key, ENTRY_SUFFIX))
+
+    def lock_path(self, account):
+        return os.path.join(self.directory, '.%s.lock' % account)
+
+    # -- the directory -------------------------------------------------------------------------
+
+    def ensure_dir(self):
+        """Create the directory 0700 (and missing parents 0700), or check and tighten it."""
+        path = self.directory
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                os.makedirs(path, DIR_MODE)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise TokenCacheError('Cannot create the token cache directory %s: %s' % (path, e.strerror or e))
+            st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise TokenCacheError('The token cache directory %s is a symbolic link; give the real directory '
+                                  'as cache_dir.' % path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise TokenCacheError('The token cache directory %s is not a directory.' % path)
+        if st.st_uid != os.geteuid():
+            raise TokenCacheError('The token cache directory %s belongs to uid %d, not to the controller user '
+                                  '(uid %d); use another cache_dir.' % (path, st.st_uid, os.geteuid()))
+        if stat.S_IMODE(st.st_mode) != DIR_MODE:
+            try:
+                os.chmod(path, DIR_MODE)
+            except OSError as e:
+                raise TokenCacheError('Cannot set mode 0700 on the token cache directory %s: %s'
+                                      % (path, e.strerror or e))
+
+    # -- entries ---------------------------------------------------------------------------------
+
+    def read(self, account, key):
+        """The entry, or None when there is none or it is not one this user wrote (never raises)."""
+        return self._read_path(self.entry_path(account, key))
+
+    @staticmethod
+    def _read_path(path):
+        flags = os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
+                    or stat.S_IMODE(st.st_mode) != FILE_MODE or st.st_size > MAX_ENTRY_BYTES):
+                return None
+            data = os.read(fd, MAX_ENTRY_BYTES + 1)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            entry = json.loads(data.decode('utf-8'))
+        except (UnicodeError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def write(self, account, key, entry):
+        """Replace the entry atomically: a 0600 temporary file in the directory, then rename.
+
+        No fsync: a cache entry lost or torn by a crash is only a miss.
+        """
+        path = self.entry_path(account, key)
+        data = json.dumps(entry, sort_keys=True, separators=(',', ':')).encode('utf-8')
+        tmp = os.path.join(self.directory, '.%s-%s%s%s' % (account, key, _TMP_INFIX, secrets.token_hex(8)))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+        try:
+            fd = os.open(tmp, flags, FILE_MODE)
+        except OSError as e:
+            raise TokenCacheError('Cannot create a file in the token cache directory %s: %s'
+                                  % (self.directory, e.strerror or e))
+        try:
+            try:
+                os.fchmod(fd, FILE_MODE)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return path
+
+    def remove(self, account, key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.entry_path(account, key))
+
+    def entries_of(self, account):
+        """{key: path} of the entries of one account."""
+        prefix = '%s-' % account
+        found = {}
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return found
+        for name in names:
+            if name.startswith(prefix) and name.endswith(ENTRY_SUFFIX):
+                found[name[len(prefix):-len(ENTRY_SUFFIX)]] = os.path.join(self.directory, name)
+        return found
+
+    def restamp(self, account, old_stamp, new_stamp, skip_key=None):
+        """After this lookup rewrote the account (a rotated refresh token), keep the account's other
+        entries that were valid for the old file. Call under the account's lock. Returns how many."""
+        moved = 0
+        for key, path in self.entries_of(account).items():
+            if key == skip_key:
+                continue
+            entry = self._read_path(path)
+            if entry is None or entry.get('account_stamp') != old_stamp:
+                continue
+            entry['account_stamp'] = new_stamp
+            self.write(account, key, entry)
+            moved += 1
+        return moved
+
+    def prune(self, account, now=None):
+        """Remove the account's expired entries and temporary files left by killed workers.
+        Call under the account's lock. Returns how many files went."""
+        now = time.time() if now is None else now
+        removed = 0
+        for key, path in self.entries_of(account).items():
+            entry = self._read_path(path)
+            expires_at = entry.get('expires_at') if entry else None
+            if entry is None or not isinstance(expires_at, (int, float)) or expires_at <= now:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+        tmp_prefix = '.%s-' % account
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return removed
+        for name in names:
+            if name.startswith(tmp_prefix) and _TMP_INFIX in name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.directory, name))
+                    removed += 1
+        return removed
+
+    # -- the lock --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, account, name=None):
+        """Hold the exclusive lock of one account's entries (the directory is made ready first)."""
+        self.ensure_dir()
+        path = self.lock_path(account)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+        try:
+            fd = os.open(path, flags, FILE_MODE)
+        except OSError as e:
+            raise TokenCacheError('Cannot open the token cache lock %s: %s' % (path, e.strerror or e))
+        try:
+            self._flock(fd, path, name)
+            yield path
+        finally:
+            os.close(fd)   # closing releases the flock
+
+    def _flock(self, fd, path, name):
+        if self.lock_timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                raise TokenCacheError('Another worker held the token cache lock of account %r (%s) for more than '
+                                      '%d s.' % (name, path, self.lock_timeout))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)

@@ -1,0 +1,129 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Print what one evaluation of the lookup oidc.tokens.oidc_token costs: a cache hit, and the misses
+(key derivation only, key derivation plus refresh). A script that prints figures, not a test.
+
+    python3 tests/benchmarks/bench_lookup.py [--rounds N]
+
+Starts the test provider (tests/support/provider.py, HTTP on loopback), exchanges alice's token into
+an account in a temporary directory and times ``LookupModule.run`` in this process and in forked
+children, the way Ansible runs a lookup: once per host in a worker process forked from the
+controller (so ansible-core is already imported there, the lookup plugin itself is not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'support'))
+
+
+def collections_root():
+    parts = REPO.split(os.sep)
+    if parts[-3:] == ['ansible_collections', 'oidc', 'tokens']:
+        return os.sep.join(parts[:-3]) or os.sep
+    root = tempfile.mkdtemp(prefix='bench-lookup-colls-')
+    atexit.register(shutil.rmtree, root, True)
+    os.makedirs(os.path.join(root, 'ansible_collections', 'oidc'))
+    os.symlink(REPO, os.path.join(root, 'ansible_collections', 'oidc', 'tokens'))
+    return root
+
+
+def report(label, values):
+    print('%-40s median %7.2f ms  min %7.2f ms  max %7.2f ms  (n=%d)' % (
+        label, statistics.median(values) * 1000, min(values) * 1000, max(values) * 1000, len(values)))
+
+
+def in_fork(fn):
+    """Run fn() in a forked child (a fresh Ansible worker) and return what it returns (JSON)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            data = json.dumps(fn()).encode()
+        except BaseException as exc:  # pragma: no cover - reported to the parent
+            data = json.dumps({'error': repr(exc)}).encode()
+        os.write(write_fd, data)
+        os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while True:
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    result = json.loads(b''.join(chunks))
+    if isinstance(result, dict) and 'error' in result:
+        raise RuntimeError(result['error'])
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+    parser.add_argument('--rounds', type=int, default=20, help='evaluations per case')
+    args = parser.parse_args()
+
+    root = collections_root()
+    from ansible.plugins.loader import init_plugin_loader, lookup_loader
+    init_plugin_loader([root])
+    from provider import Provider
+
+    work = tempfile.mkdtemp(prefix='bench-lookup-')
+    try:
+        with Provider(workdir=os.path.join(work, 'provider'), at_ttl=3600) as op:
+            from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _tokens
+            exchanger = op.client('oidc-tokens-exchanger')
+            client = _oauth.OAuthClient(op.issuer, exchanger['client_id'], exchanger['client_secret'])
+            token = _tokens.exchange(client, op.user_access_token(), scope=['openid', 'offline_access', 'compute.read'])
+            account = _tokens.build_account('bench', client.issuer, client.client_id, exchanger['client_secret'],
+                                            token.refresh_token, token.scope)
+            account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at})
+            config_dir = os.path.join(work, 'accounts')
+            _account_store.AccountStore(config_dir).save('bench', account, 'bench password')
+
+            common = {'config_dir': config_dir, 'cache_dir': os.path.join(work, 'cache'),
+                      'encryption_password': 'bench password', 'min_valid_period': 60}
+
+            def run(**kwargs):
+                lookup = lookup_loader.get('oidc.tokens.oidc_token')
+                start = time.perf_counter()
+                lookup.run(['bench'], variables={}, **dict(common, **kwargs))
+                return time.perf_counter() - start
+
+            def first_in_worker(**kwargs):
+                def child():
+                    start = time.perf_counter()
+                    lookup = lookup_loader.get('oidc.tokens.oidc_token')   # imports the plugin
+                    lookup.run(['bench'], variables={}, **dict(common, **kwargs))
+                    return time.perf_counter() - start
+                return in_fork(child)
+
+            run()   # fill the cache
+            print('lookup oidc.tokens.oidc_token, %d rounds, Python %s' % (args.rounds, sys.version.split()[0]))
+            rounds = range(args.rounds)
+            report('cache hit, in one process', [run() for _i in rounds])
+            report('cache hit, first call in a fresh fork', [first_in_worker() for _i in rounds])
+            report('miss: derivation, token kept in account', [first_in_worker(cache=False) for _i in rounds])
+            before = op.stats()['token'].get('refresh_token', {}).get('requests', 0)
+            report('miss: derivation and refresh', [first_in_worker(cache=False, scope=['openid']) for _i in rounds])
+            after = op.stats()['token'].get('refresh_token', {}).get('requests', 0)
+            print('refreshes the provider saw in the last case: %d' % (after - before))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()
