@@ -194,6 +194,7 @@ except ImportError:  # ansible-core < 2.19
 # Nothing heavy is imported here: a cache hit must stay cheap in every worker process. requests,
 # PyNaCl and the collection's OAuth and store code are imported on a miss, jmespath only for ``query``.
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import default_config_dir
 from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
 
 display = Display()
@@ -297,7 +298,7 @@ class LookupModule(LookupBase):
             # An invalid name goes straight to the store, which says what is wrong with it.
             return self._fetch(name, force, claims or 'decode')
 
-        config_dir = cache_mod.default_config_dir(self.get_option('config_dir'))
+        config_dir = default_config_dir(self.get_option('config_dir'))
         account_path = os.path.join(config_dir, name)
         account = cache_mod.account_id(config_dir, name)
         key = cache_mod.entry_key(self.get_option('scope'), self.get_option('audience'), self.get_option('resource'),
@@ -344,7 +345,7 @@ class LookupModule(LookupBase):
         """Ask the account store (and the provider if need be), as the module oidc_token does."""
         from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _options, _tokens
 
-        if not _oauth.HAS_REQUESTS:
+        if _oauth.requests_import_error() is not None:
             raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library requests on the controller '
                                '(pip install requests).')
         if _account_store.nacl_import_error() is not None:

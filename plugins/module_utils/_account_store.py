@@ -54,8 +54,7 @@ HAS_NACL = None            # None: not tried yet; then True or False
 NACL_IMPORT_ERROR = None
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_names import (  # noqa: F401 (part of this API)
-    MAX_NAME_LENGTH, AccountStoreError, InvalidAccountNameError, default_config_dir, is_reserved_name,
-    validate_name)
+    AccountStoreError, InvalidAccountNameError, default_config_dir, is_reserved_name, validate_name)
 
 # --- the file format -------------------------------------------------------------------------
 

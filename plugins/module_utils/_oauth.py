@@ -22,16 +22,26 @@ import time
 import traceback
 from urllib.parse import quote_plus, urlsplit, urlunsplit
 
-try:
-    import requests
-    HAS_REQUESTS = True
-    REQUESTS_IMPORT_ERROR = None
-except ImportError:
-    requests = None
-    HAS_REQUESTS = False
-    REQUESTS_IMPORT_ERROR = traceback.format_exc()
-
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+
+# requests is imported on first use (requests_import_error): it costs a module run ~0.2 s, which
+# tasks that never talk to the provider (listing accounts, local updates) should not pay.
+requests = None
+HAS_REQUESTS = None        # None: not tried yet; then True or False
+REQUESTS_IMPORT_ERROR = None
+
+
+def requests_import_error():
+    """None when requests imports, else the import's traceback. Imports it on the first call."""
+    global requests, HAS_REQUESTS, REQUESTS_IMPORT_ERROR
+    if HAS_REQUESTS is None:
+        try:
+            import requests
+            HAS_REQUESTS = True
+        except ImportError:
+            HAS_REQUESTS = False
+            REQUESTS_IMPORT_ERROR = traceback.format_exc()
+    return None if HAS_REQUESTS else (REQUESTS_IMPORT_ERROR or 'requests could not be imported.')
 
 TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
 TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
@@ -227,7 +237,7 @@ class OAuthClient(object):
     def __init__(self, issuer, client_id, client_secret=None, auth_method=None, ca_path=None,
                  validate_certs=True, timeout=10, retries=3, backoff=0.5, allow_insecure_http=False,
                  user_agent='oidc.tokens'):
-        if not HAS_REQUESTS:
+        if requests_import_error() is not None:
             raise OAuthError('The Python library requests is required on this host (pip install requests).')
         if auth_method is not None and auth_method not in AUTH_METHODS:
             raise OAuthError('Unknown client authentication method %r; use one of %s.'

@@ -46,6 +46,9 @@ def argspec(*parts, **own):
     return spec
 
 
+IDENTITY_OPTIONS = ('issuer', 'client_id', 'client_secret', 'auth_method')
+
+
 def oauth_client(get, account=None):
     """An OAuthClient from the options, falling back to what an existing account stores."""
     from ansible_collections.oidc.tokens.plugins.module_utils._oauth import OAuthClient
@@ -55,13 +58,21 @@ def oauth_client(get, account=None):
         get('issuer') or account.get('issuer_url') or account.get('issuer'),
         get('client_id') or account.get('client_id'),
         get('client_secret') or account.get('client_secret') or None,
-        auth_method=get('auth_method'),
+        auth_method=get('auth_method') or account.get('token_endpoint_auth_method') or None,
         ca_path=get('ca_path') or account.get('cert_path') or None,
         validate_certs=get('validate_certs'),
         timeout=get('timeout'),
         retries=get('retries'),
         allow_insecure_http=get('allow_insecure_http'),
     )
+
+
+def account_client(get, account):
+    """The client an account was made with, whatever the task's issuer and client options say.
+
+    For revoking an account's own refresh token: only its own client may revoke it.
+    """
+    return oauth_client(lambda name: None if name in IDENTITY_OPTIONS else get(name), account)
 
 
 def account_store(get):
@@ -87,7 +98,7 @@ def require_libraries(module, nacl=True):
     from ansible.module_utils.basic import missing_required_lib
     from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth
 
-    if not _oauth.HAS_REQUESTS:
+    if _oauth.requests_import_error() is not None:
         module.fail_json(msg=missing_required_lib('requests'), exception=_oauth.REQUESTS_IMPORT_ERROR)
     if nacl and _account_store.nacl_import_error() is not None:
         module.fail_json(msg=missing_required_lib('PyNaCl'), exception=_account_store.NACL_IMPORT_ERROR)

@@ -62,6 +62,7 @@ def account_facts(name, account, path):
         'scope': as_list(account.get('scope')),
         'audience': as_list(meta.get('audience') or account.get('audience')),
         'resource': as_list(meta.get('resource')),
+        'lifetime': meta.get('lifetime'),
         'lifetime_end': meta.get('lifetime_end'),
         'created_at': meta.get('created_at'),
         'source': meta.get('source'),
@@ -70,7 +71,7 @@ def account_facts(name, account, path):
 
 
 def build_account(name, issuer, client_id, client_secret, refresh_token, scope, audience=None, resource=None,
-                  lifetime=None, source='token_exchange', ca_path=None, now=None):
+                  lifetime=None, source='token_exchange', ca_path=None, auth_method=None, now=None):
     """A new account in oidc-agent's shape, with our own fields in ``oidc_tokens``."""
     now = int(now if now is not None else time.time())
     account = Account(
@@ -87,9 +88,13 @@ def build_account(name, issuer, client_id, client_secret, refresh_token, scope, 
         username='',
         password='',
     )
+    if auth_method:
+        # oidc-agent's own field: later calls (and oidc-agent 5) authenticate the way the client must.
+        account['token_endpoint_auth_method'] = auth_method
     account.meta.update({
         'created_at': now,
         'source': source,
+        'lifetime': int(lifetime) if lifetime else None,
         'lifetime_end': now + int(lifetime) if lifetime else None,
         'audience': as_list(audience),
         'resource': as_list(resource),

@@ -189,8 +189,8 @@ refresh_token:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
-    PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
-    run_module)
+    PROVIDER_ARGSPEC, STORE_ARGSPEC, account_client, account_store, argspec, encryption_password, oauth_client,
+    require_libraries, run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import TOKEN_TYPE_REFRESH, resolve_token_type
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
@@ -213,6 +213,7 @@ def run(module):
     if params['persist'] and store.exists(name):
         if params['force']:
             replace_reason = 'force is set'
+            before = _facts_if_readable(store, name, password, path)
         else:
             existing = store.load(name, password)
             before = account_facts(name, existing, path)
@@ -234,7 +235,7 @@ def run(module):
                      params['actor_token_type'])
     account = build_account(name, client.issuer, client.client_id, params['client_secret'], token.refresh_token,
                             token.scope or params['scope'], params['audience'], params['resource'],
-                            params['lifetime'], ca_path=params['ca_path'])
+                            params['lifetime'], ca_path=params['ca_path'], auth_method=params['auth_method'])
     if token.access_token and token.expires_at:
         account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
                              'access_token_scope': token.scope})
@@ -254,6 +255,13 @@ def run(module):
     return result
 
 
+def _facts_if_readable(store, name, password, path):
+    try:
+        return account_facts(name, store.load(name, password), path)
+    except OidcTokensError:
+        return None
+
+
 def replace_account(store, name, password, account, params):
     """Swap the new account in under the lock, then revoke the replaced refresh token.
 
@@ -269,7 +277,7 @@ def replace_account(store, name, password, account, params):
     if not old.get('refresh_token'):
         return []
     try:
-        oauth_client(params.get, old).revoke(old['refresh_token'])
+        account_client(params.get, old).revoke(old['refresh_token'])
     except OidcTokensError as exc:
         return ['The replaced refresh token of account %r was not revoked: %s' % (name, exc)]
     return []

@@ -43,8 +43,7 @@ import secrets
 import stat
 import time
 
-from ansible_collections.oidc.tokens.plugins.module_utils._account_names import (  # noqa: F401 (re-exported)
-    InvalidAccountNameError, default_config_dir, validate_name)
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import InvalidAccountNameError, validate_name
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 
 CACHE_VERSION = 1

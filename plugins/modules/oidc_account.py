@@ -1,0 +1,608 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: oidc_account
+short_description: Create, update or remove an encrypted account from a refresh token you already have
+version_added: 0.1.0
+description:
+  - Manages one oidc-agent account file on the host from a refresh token you already hold, as oidc-agent's
+    C(oidc-gen --rt) does, without a token exchange. M(oidc.tokens.oidc_token), the lookup, the on-host refresher,
+    C(oidc-add) and C(oidc-token) then hand out access tokens from it.
+  - O(state=present) creates the account, or updates the scope, audience, resource, lifetime, client or CA of an
+    existing one. An existing account is read and rewritten under its lock with one key derivation, and is not
+    written at all when nothing changes.
+  - O(state=absent) revokes the account's current refresh token (unless O(revoke=false)) and deletes the file, like
+    M(oidc.tokens.oidc_revoke).
+  - A new refresh token is checked before it is written (see O(validate)); an update of other fields does not
+    contact the provider.
+author:
+  - oidc.tokens maintainers (@oidc-tokens)
+extends_documentation_fragment:
+  - oidc.tokens.provider
+  - oidc.tokens.store
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - In check mode nothing is written, validated, revoked or deleted; an existing account is decrypted to
+        compare it, so the password is needed as usual.
+  diff_mode:
+    support: full
+    details:
+      - The diff shows the account's non-secret fields. A replaced refresh token or client secret shows as a new
+        RV(account.refresh_token_set_at) and in RV(changed_fields), never as a value.
+  platform:
+    platforms: posix
+options:
+  name:
+    description:
+      - The account's short name (oidc-agent's short name), also its file name in O(config_dir).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) creates or updates the account; V(absent) revokes its refresh token and deletes it.
+    type: str
+    choices: [present, absent]
+    default: present
+  refresh_token:
+    description:
+      - The refresh token the account keeps. Needed to create the account.
+      - For an existing account, a token that differs from the account's replaces it (a change). The account
+        remembers a SHA-256 fingerprint of the token it was last given, so running the task again with the same
+        token is no change even after the provider rotated the token in the account.
+      - The replaced token is revoked when O(revoke=true) (a failure to revoke it is a warning). Providers such
+        as node-oidc-provider end the whole grant when one of its refresh tokens is revoked, so set
+        O(revoke=false) when the new token comes from the same grant as the old one.
+    type: str
+  issuer:
+    description:
+      - The OpenID provider's issuer URL. Needed to create the account.
+      - For an existing account it defaults to the stored issuer; a different issuer needs a new O(refresh_token)
+        (a refresh token belongs to its issuer and client).
+    type: str
+    aliases: [issuer_url]
+  client_id:
+    description:
+      - The confidential client the refresh token was issued to. Needed to create the account.
+      - For an existing account it defaults to the stored client; a different client needs a new O(refresh_token).
+    type: str
+  client_secret:
+    description:
+      - The client's secret, stored encrypted in the account. Needed to create the account.
+      - For an existing account a different secret replaces the stored one (a change), for example after the
+        provider's admin rotated it.
+    type: str
+  ca_path:
+    description:
+      - A CA bundle file to verify the provider's TLS certificate with. It is also stored in the account
+        (oidc-agent's C(cert_path)); a different path updates the account.
+    type: path
+  scope:
+    description:
+      - The scopes stored in the account. oidc-agent asks for them when it refreshes; M(oidc.tokens.oidc_token)
+        asks for the refresh token's full scope unless its own O(oidc.tokens.oidc_token#module:scope) narrows it.
+        The order does not matter when comparing with the account.
+      - When creating the account without O(scope), the scope the provider reports for the refresh token
+        (introspection, see O(validate)) is stored, else none.
+      - The module does not ask the provider whether the refresh token covers these scopes.
+    type: list
+    elements: str
+  audience:
+    description:
+      - Audiences stored in the account (oidc-agent's C(--aud), which oidc-agent sends when it refreshes);
+        V([]) clears them.
+    type: list
+    elements: str
+  resource:
+    description:
+      - RFC 8707 resources stored in the account; V([]) clears them.
+    type: list
+    elements: str
+  lifetime:
+    description:
+      - Seconds after which the account hands out no more access tokens (oidc-agent's C(-t)), counted from when
+        the account is created, from when the value of O(lifetime) changes, or from when a new O(refresh_token)
+        replaces the old one. Running the task again with the same O(lifetime) keeps the end it set before, so
+        the task stays idempotent and the end does not move.
+      - V(0) removes the limit. When not given, the account keeps whatever limit it has.
+      - The refresh token itself lives as long as the provider allows; revoke it at teardown.
+    type: int
+  revoke:
+    description:
+      - With O(state=absent), revoke the account's refresh token before deleting the file. With V(false) the file
+        is only deleted and the token stays valid at the provider.
+      - With O(state=present), revoke the refresh token a new O(refresh_token) replaces.
+    type: bool
+    default: true
+  force:
+    description:
+      - With O(state=absent), delete the account even when its refresh token cannot be revoked (the provider is
+        unreachable or refuses) or the file cannot be decrypted. The task then warns that a token may still be
+        valid at the provider.
+    type: bool
+    default: false
+  validate:
+    description:
+      - Before a new O(refresh_token) is written, fetch the provider's discovery document (which fails on a wrong
+        issuer) and, when the provider announces an introspection endpoint, introspect the token as the client
+        (which fails on a wrong client secret, a token that is not active, or a token the provider says belongs to
+        another client). Nothing is written when the check fails.
+      - Set V(false) for providers that do not let the client introspect its refresh tokens; the token is then
+        written unchecked and a bad one shows up at the first M(oidc.tokens.oidc_token).
+    type: bool
+    default: true
+notes:
+  - The module never returns a secret. The refresh token and the client secret are stored encrypted in the account
+    file only.
+  - A refresh token is never used (refreshed) by this module, so a provider that rotates refresh tokens does not
+    spend the one you gave.
+requirements:
+  - requests
+  - PyNaCl
+seealso:
+  - module: oidc.tokens.oidc_account_info
+  - module: oidc.tokens.oidc_token_exchange
+  - module: oidc.tokens.oidc_token
+  - module: oidc.tokens.oidc_revoke
+'''
+
+EXAMPLES = r'''
+- name: An account from a refresh token kept in Ansible Vault (oidc-gen --rt)
+  oidc.tokens.oidc_account:
+    name: wlcg
+    issuer: https://wlcg.cloud.cnaf.infn.it/
+    client_id: "{{ vault_wlcg_client_id }}"
+    client_secret: "{{ vault_wlcg_client_secret }}"
+    refresh_token: "{{ vault_wlcg_refresh_token }}"
+    scope: [openid, offline_access, storage.read:/, compute.read]
+    lifetime: 604800
+    encryption_password: "{{ vault_account_password }}"
+
+- name: Narrow the scope of an existing account; issuer, client and token stay as they are
+  oidc.tokens.oidc_account:
+    name: wlcg
+    scope: [openid, offline_access, storage.read:/]
+    encryption_password_file: /run/secrets/wlcg
+
+- name: Teardown, revoke the token and delete the account
+  oidc.tokens.oidc_account:
+    name: wlcg
+    state: absent
+    encryption_password_file: /run/secrets/wlcg
+'''
+
+RETURN = r'''
+account:
+  description:
+    - The account's non-secret facts after the task (before it, for O(state=absent)). Empty when there is no
+      account.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: The account name.
+      type: str
+      sample: wlcg
+    path:
+      description: The account file.
+      type: str
+      sample: /home/alice/.config/oidc-agent/wlcg
+    issuer:
+      description: The issuer URL.
+      type: str
+      sample: https://iam.example.org/
+    client_id:
+      description: The client.
+      type: str
+      sample: job-runner
+    scope:
+      description: The account's scopes.
+      type: list
+      elements: str
+      sample: [openid, offline_access]
+    audience:
+      description: The account's audiences.
+      type: list
+      elements: str
+      sample: []
+    resource:
+      description: The account's resources.
+      type: list
+      elements: str
+      sample: []
+    lifetime:
+      description: The O(lifetime) in seconds the end was computed from, or null.
+      type: int
+      sample: 604800
+    lifetime_end:
+      description: Epoch seconds after which the account hands out no token, or null.
+      type: int
+      sample: 1767225600
+    created_at:
+      description: Epoch seconds when the account was made.
+      type: int
+      sample: 1766620800
+    source:
+      description: How the account was made (C(refresh_token) by this module).
+      type: str
+      sample: refresh_token
+    has_refresh_token:
+      description: Whether the account holds a refresh token.
+      type: bool
+      sample: true
+    refresh_token_set_at:
+      description: Epoch seconds when this module last gave the account a refresh token, or null.
+      type: int
+      sample: 1766620800
+changed_fields:
+  description: The names of the account fields the task changed (or, in check mode, would change). Secrets are
+    named, never shown.
+  returned: always
+  type: list
+  elements: str
+  sample: [refresh_token, scope, lifetime]
+revoked:
+  description: Whether a refresh token was revoked (the account's with O(state=absent), the replaced one with
+    O(state=present)); in check mode, whether it would be.
+  returned: always
+  type: bool
+  sample: false
+validated:
+  description: Whether the provider confirmed the new refresh token as active by introspection.
+  returned: when a new refresh token was written
+  type: bool
+  sample: true
+'''
+
+import hashlib
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.oidc.tokens.plugins.module_utils._options import (
+    PASSWORD_SOURCES, PROVIDER_ARGSPEC, STORE_ARGSPEC, account_client, account_store, argspec, encryption_password,
+    oauth_client, require_libraries, run_module)
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
+    account_facts, as_list, build_account, revoke_account)
+
+# Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
+META_LIFETIME = 'lifetime'                       # the lifetime (seconds) lifetime_end was computed from
+META_RT_FINGERPRINT = 'refresh_token_given_sha256'   # SHA-256 of the token this module was last given
+META_RT_SET_AT = 'refresh_token_set_at'          # when this module last gave the account a refresh token
+
+
+class AccountRefreshTokenError(OidcTokensError):
+    """The refresh token given to the module cannot be used."""
+
+
+def fingerprint(token):
+    return hashlib.sha256(token.encode('utf-8')).hexdigest()
+
+
+def stored_lifetime(account):
+    """The lifetime (seconds) the account's end was set from: ours, or derived for exchanged accounts."""
+    meta = account.meta
+    if meta.get(META_LIFETIME) is not None:
+        return meta[META_LIFETIME]
+    end, created = meta.get('lifetime_end'), meta.get('created_at')
+    if end and created:
+        return int(end) - int(created)
+    return None
+
+
+def facts_of(name, account, path):
+    facts = account_facts(name, account, path)
+    facts['lifetime'] = stored_lifetime(account)
+    facts['refresh_token_set_at'] = account.meta.get(META_RT_SET_AT)
+    return facts
+
+
+def same_list(a, b):
+    return sorted(set(as_list(a))) == sorted(set(as_list(b)))
+
+
+def validate_refresh_token(client, token):
+    """Discovery, then introspection when announced. Returns (validated, introspection scope)."""
+    try:
+        announced = client.metadata.get('introspection_endpoint')
+    except DiscoveryError as exc:
+        raise AccountRefreshTokenError('The refresh token was not written: %s' % exc)
+    if not announced:
+        return False, None
+    try:
+        answer = client.introspect(token, 'refresh_token')
+    except OidcTokensError as exc:
+        raise AccountRefreshTokenError(
+            'The refresh token was not written: introspecting it as client %s failed: %s (set validate: false for '
+            'a provider that does not let the client introspect its tokens)' % (client.client_id, exc))
+    if not answer['active']:
+        raise AccountRefreshTokenError(
+            'The refresh token was not written: the provider %s reports it as not active (revoked, expired, '
+            'already used, or issued to another client than %s).' % (client.issuer, client.client_id))
+    owner = answer.get('client_id')
+    if isinstance(owner, str) and owner and owner != client.client_id:
+        # Many providers let any confidential client introspect any token; only the owner can refresh it.
+        raise AccountRefreshTokenError(
+            'The refresh token was not written: the provider %s says it was issued to client %s, not to %s; '
+            'only that client can use it.' % (client.issuer, owner, client.client_id))
+    return True, answer.get('scope')
+
+
+class Present(object):
+    """state=present: plan the account from the options and the current file, then write it or not."""
+
+    def __init__(self, module, store, password):
+        self.module = module
+        self.params = module.params
+        self.store = store
+        self.password = password
+        self.name = self.params['name']
+        self.path = store.path(self.name)
+        self.now = int(time.time())
+        self.validated = None
+        self.revoke_old = None   # the replaced refresh token and the account it came from
+
+    def client(self, account=None):
+        return oauth_client(self.params.get, account)
+
+    def client_of(self, old):
+        """The client to revoke a replaced token with: the replaced account's own when the task moved the
+        account to another issuer or client (the options name the new one); else as for the account."""
+        params = self.params
+        same_issuer = not params['issuer'] or normalize_issuer(params['issuer']) == normalize_issuer(
+            old.get('issuer_url') or 'https://none')
+        if same_issuer and (not params['client_id'] or params['client_id'] == old.get('client_id')):
+            return self.client(old)
+        return account_client(params.get, old)
+
+    def check_token(self, client):
+        if self.params['validate'] and not self.module.check_mode:
+            self.validated, scope = validate_refresh_token(client, self.params['refresh_token'])
+            return scope
+        return None
+
+    def set_lifetime(self, account, restart):
+        lifetime = self.params['lifetime']
+        if lifetime is None:
+            if not restart or not account.meta.get('lifetime_end'):
+                return
+            lifetime = stored_lifetime(account)
+            if not lifetime:
+                return
+        account.meta[META_LIFETIME] = lifetime or None
+        account.meta['lifetime_end'] = self.now + lifetime if lifetime else None
+
+    # creating
+
+    def create(self):
+        params = self.params
+        missing = [o for o in ('issuer', 'client_id', 'client_secret', 'refresh_token') if not params[o]]
+        if missing:
+            raise AccountRefreshTokenError('Account %r does not exist; creating it needs %s.'
+                                           % (self.name, ', '.join(missing)))
+        client = self.client()
+        scope = params['scope']
+        introspected = self.check_token(client)
+        if scope is None:
+            scope = as_list(introspected)
+        account = build_account(self.name, client.issuer, client.client_id, params['client_secret'],
+                                params['refresh_token'], scope, params['audience'], params['resource'],
+                                None, source='refresh_token', ca_path=params['ca_path'],
+                                auth_method=params['auth_method'], now=self.now)
+        account.meta[META_RT_FINGERPRINT] = fingerprint(params['refresh_token'])
+        account.meta[META_RT_SET_AT] = self.now
+        account.meta[META_LIFETIME] = None
+        self.set_lifetime(account, restart=False)
+        if not self.module.check_mode:
+            self.store.save(self.name, account, self.password, overwrite=False)
+        after = facts_of(self.name, account, self.path)
+        return self.result({}, after, ['account'])
+
+    # updating
+
+    def plan(self, current):
+        """The updated account and the changed field names, or (None, []) when nothing changes."""
+        params = self.params
+        updated = current.copy()
+        changed = []
+        token = params['refresh_token']
+        # The token given last time may have been rotated since: its fingerprint still matches. An account
+        # emptied by oidc_revoke (remove: false) takes any token given, and validation then says if it is alive.
+        new_token = bool(token) and (not current.get('refresh_token') or (
+            token != current.get('refresh_token') and fingerprint(token) != current.meta.get(META_RT_FINGERPRINT)))
+
+        issuer = params['issuer'] and normalize_issuer(params['issuer'])
+        stored_issuer = normalize_issuer(current.get('issuer_url') or current.get('issuer') or 'https://none')
+        other_issuer = bool(issuer) and issuer != stored_issuer
+        other_client = bool(params['client_id']) and params['client_id'] != current.get('client_id')
+        if (other_issuer or other_client) and not new_token:
+            raise AccountRefreshTokenError(
+                'Account %r belongs to %s; its refresh token cannot be used with %s. Give a refresh_token of that '
+                '%s to replace it, or use another account name.'
+                % (self.name, 'issuer %s' % stored_issuer if other_issuer else 'client %s' % current.get('client_id'),
+                   'issuer %s' % issuer if other_issuer else 'client %s' % params['client_id'],
+                   'issuer' if other_issuer else 'client'))
+        if other_issuer:
+            updated['issuer_url'] = issuer + '/'
+            changed.append('issuer')
+        if other_client:
+            updated['client_id'] = params['client_id']
+            changed.append('client_id')
+        if params['client_secret'] and params['client_secret'] != current.get('client_secret'):
+            updated['client_secret'] = params['client_secret']
+            changed.append('client_secret')
+        if params['ca_path'] and params['ca_path'] != current.get('cert_path'):
+            updated['cert_path'] = params['ca_path']
+            changed.append('ca_path')
+        if params['scope'] is not None and not same_list(params['scope'], current.get('scope')):
+            updated['scope'] = ' '.join(as_list(params['scope']))
+            changed.append('scope')
+        if params['audience'] is not None and not same_list(params['audience'], current.meta.get('audience')
+                                                            or current.get('audience')):
+            updated['audience'] = ' '.join(as_list(params['audience']))
+            updated.meta['audience'] = as_list(params['audience'])
+            changed.append('audience')
+        if params['resource'] is not None and not same_list(params['resource'], current.meta.get('resource')):
+            updated.meta['resource'] = as_list(params['resource'])
+            changed.append('resource')
+        if new_token:
+            updated['refresh_token'] = token
+            updated.meta[META_RT_FINGERPRINT] = fingerprint(token)
+            updated.meta[META_RT_SET_AT] = self.now
+            for key in ('access_token', 'access_token_expires_at', 'access_token_scope'):
+                updated.meta.pop(key, None)   # the kept access token belongs to the old grant
+            updated.meta.pop('revoked_at', None)
+            changed.insert(0, 'refresh_token')
+        elif (other_issuer or other_client or 'client_secret' in changed) and current.meta.get('access_token'):
+            for key in ('access_token', 'access_token_expires_at', 'access_token_scope'):
+                updated.meta.pop(key, None)
+        lifetime = params['lifetime']
+        if (lifetime is not None and (lifetime or None) != stored_lifetime(current)) or new_token:
+            self.set_lifetime(updated, restart=new_token)
+            if (updated.meta.get('lifetime_end') != current.meta.get('lifetime_end')
+                    or updated.meta.get(META_LIFETIME) != current.meta.get(META_LIFETIME)):
+                changed.append('lifetime')
+        if not changed:
+            return None, []
+        return updated, changed
+
+    def update(self):
+        outcome = {}
+
+        def under_lock(current):
+            outcome['before'] = facts_of(self.name, current, self.path)
+            updated, changed = self.plan(current)
+            outcome['changed'] = changed
+            if updated is None:
+                outcome['after'] = outcome['before']
+                return None, None
+            if 'refresh_token' in changed:
+                self.check_token(self.client(updated))
+                if current.get('refresh_token') and self.params['revoke']:
+                    self.revoke_old = current
+            outcome['after'] = facts_of(self.name, updated, self.path)
+            return (None if self.module.check_mode else updated), None
+
+        if self.module.check_mode:
+            under_lock(self.store.load(self.name, self.password))
+        else:
+            self.store.update(self.name, self.password, under_lock)
+        return self.result(outcome['before'], outcome['after'], outcome['changed'])
+
+    def revoke_replaced(self):
+        """Revoke the replaced refresh token (after the new one is on disk); failures are warnings."""
+        if self.revoke_old is None or self.module.check_mode:
+            return []
+        try:
+            self.client_of(self.revoke_old).revoke(self.revoke_old['refresh_token'])
+        except OidcTokensError as exc:
+            return ['The replaced refresh token of account %r was not revoked: %s' % (self.name, exc)]
+        return []
+
+    def result(self, before, after, changed):
+        result = {'changed': bool(changed), 'account': after, 'changed_fields': changed,
+                  'revoked': self.revoke_old is not None,
+                  'diff': {'before': before, 'after': after}}
+        if changed:
+            result['diff']['after_header'] = '%s (changed: %s)' % (self.path, ', '.join(changed))
+        if self.validated is not None:
+            result['validated'] = self.validated
+        return result
+
+    def run(self):
+        if self.params['lifetime'] is not None and self.params['lifetime'] < 0:
+            raise AccountRefreshTokenError('lifetime must be 0 (no limit) or a number of seconds, not %d.'
+                                           % self.params['lifetime'])
+        if self.store.exists(self.name):
+            result = self.update()
+        else:
+            result = self.create()
+        result['warnings'] = self.revoke_replaced()
+        return result
+
+
+def absent(module, store):
+    params = module.params
+    name = params['name']
+    path = store.path(name)
+    result = {'changed': False, 'account': {}, 'changed_fields': [], 'revoked': False}
+    if not store.exists(name):
+        result['msg'] = 'Account %r does not exist.' % name
+        return result
+    has_password = any(params.get(source) is not None for source in PASSWORD_SOURCES)
+    before = {'name': name, 'path': path}
+    warnings = []
+    if params['revoke'] or has_password:
+        try:
+            password = encryption_password(params.get)
+            if module.check_mode or not params['revoke']:
+                before = facts_of(name, store.load(name, password), path)
+        except OidcTokensError as exc:
+            if not params['force']:
+                raise
+            if module.check_mode or not params['revoke']:
+                warnings.append('Account %r could not be read (%s); it is removed without revoking its refresh '
+                                'token because force is set.' % (name, exc))
+            password = None
+    result.update(changed=True, changed_fields=['account'], warnings=warnings)
+    if module.check_mode:
+        result.update(account=before, revoked=bool(params['revoke'] and before.get('has_refresh_token')),
+                      diff={'before': before, 'after': {}})
+        return result
+    if params['revoke']:
+        outcome = revoke_account(store, name, password, lambda account: oauth_client(params.get, account),
+                                 remove=True, force=params['force'])
+        before = dict(outcome['facts'] or before)
+        result['revoked'] = outcome['revoked']
+        result['changed'] = outcome['changed']
+        warnings.extend(outcome['warnings'])
+    else:
+        result['changed'] = store.delete(name)
+    result.update(account=before, diff={'before': before, 'after': {}})
+    return result
+
+
+def run(module):
+    params = module.params
+    store = account_store(params.get)
+    if params['state'] == 'absent':
+        return absent(module, store)
+    result = Present(module, store, encryption_password(params.get)).run()
+    if store.dir_changed:
+        result['changed'] = True
+        result['msg'] = 'Account directory: %s.' % '; '.join(store.dir_messages)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argspec(
+            PROVIDER_ARGSPEC, STORE_ARGSPEC,
+            name=dict(type='str', required=True),
+            state=dict(type='str', default='present', choices=['present', 'absent']),
+            refresh_token=dict(type='str', no_log=True),
+            scope=dict(type='list', elements='str'),
+            audience=dict(type='list', elements='str'),
+            resource=dict(type='list', elements='str'),
+            lifetime=dict(type='int'),
+            revoke=dict(type='bool', default=True),
+            force=dict(type='bool', default=False),
+            validate=dict(type='bool', default=True),
+        ),
+        supports_check_mode=True,
+    )
+    require_libraries(module)
+    run_module(module, lambda: run(module))
+
+
+if __name__ == '__main__':
+    main()
