@@ -52,10 +52,13 @@ def test_installed_collection_lists_and_documents_its_modules(installed):
     listing = run_ansible([tool('ansible-doc'), '-l', 'oidc.tokens', '--json'], collections)
     assert listing.returncode == 0, listing.stderr
     modules = json.loads(listing.stdout)
-    for name in ('oidc_token_exchange', 'oidc_token', 'oidc_revoke'):
-        assert 'oidc.tokens.%s' % name in modules
-    doc = run_ansible([tool('ansible-doc'), 'oidc.tokens.oidc_token_exchange'], collections)
-    assert doc.returncode == 0 and 'subject_token' in doc.stdout and 'EXAMPLES' in doc.stdout
+    assert sorted(modules) == ['oidc.tokens.%s' % name for name in (
+        'oidc_account', 'oidc_account_info', 'oidc_revoke', 'oidc_token', 'oidc_token_exchange')]
+    lookups = run_ansible([tool('ansible-doc'), '-t', 'lookup', '-l', 'oidc.tokens', '--json'], collections)
+    assert list(json.loads(lookups.stdout)) == ['oidc.tokens.oidc_token']
+    for args in [[name] for name in sorted(modules)] + [['-t', 'lookup', 'oidc.tokens.oidc_token']]:
+        doc = run_ansible([tool('ansible-doc')] + args, collections)
+        assert doc.returncode == 0 and 'EXAMPLES' in doc.stdout and 'RETURN' in doc.stdout, (args, doc.stderr)
 
 
 def test_a_host_without_requests_gets_ansibles_missing_library_message(installed, tmp_path):
