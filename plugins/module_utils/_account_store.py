@@ -895,44 +895,13 @@ class AccountStore(object):
         return removed
 
     def _write_atomic(self, name, content):
-        """Temp file 0600 in the same directory, fsync, rename over, fsync the directory."""
+        """Replace the account file atomically (``write_secret_file``) after removing stale temp files."""
         path = self.path(name)
         self._cleanup_temp(name)
-        tmp = os.path.join(self.config_dir, '.%s%s%s' % (name, _TMP_INFIX, secrets.token_hex(8)))
-        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0)
-                 | getattr(os, 'O_CLOEXEC', 0))
         try:
-            fd = os.open(tmp, flags, FILE_MODE)
-        except OSError as e:
-            raise StorePermissionError('Cannot create a file in %s for account %r: %s'
-                                       % (self.config_dir, name, e.strerror or e),
-                                       account=name, path=path)
-        try:
-            try:
-                os.fchmod(fd, FILE_MODE)
-                view = memoryview(content)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                st = os.lstat(path)
-                if not stat.S_ISREG(st.st_mode):
-                    raise StorePermissionError('%s exists and is not a regular file; account %r '
-                                               'was not written.' % (path, name),
-                                               account=name, path=path)
-            except FileNotFoundError:
-                pass
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(self.config_dir)
+            write_secret_file(path, content)
+        except StorePermissionError as e:
+            raise StorePermissionError('Account %r was not written: %s' % (name, e), account=name, path=path)
 
     def _encrypt_for(self, name, account, key):
         plaintext = _plaintext_from_account(account, name)

@@ -452,8 +452,9 @@ def test_failed_rename_keeps_old_file_and_no_temp(store, monkeypatch):
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(store_mod.os, 'replace', boom)
-    with pytest.raises(OSError):
+    with pytest.raises(store_mod.StorePermissionError) as info:
         store.update('a', PASSWORD, lambda acc: (acc, 'x'))
+    assert "Account 'a' was not written" in str(info.value) and 'No space left on device' in str(info.value)
     monkeypatch.undo()
     assert snapshot(store.path('a')) == before
     assert temp_files(store) == []
