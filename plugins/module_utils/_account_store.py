@@ -559,6 +559,28 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def wait_for_flock(fd, deadline=None):
+    """Take an exclusive flock on ``fd``; wait until ``deadline`` (time.monotonic(); None: forever).
+
+    Returns False when the deadline passed first.
+    """
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    delay = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def write_secret_file(path, content):
     """Replace the file ``path`` with ``content`` (str or bytes) atomically: mode 0600, owned by the running user.
 
@@ -751,7 +773,9 @@ class AccountStore(object):
                                            % (lock_path, name, e.strerror or e),
                                            account=name, path=lock_path)
             try:
-                self._flock(fd, name, lock_path, deadline, timeout)
+                if not wait_for_flock(fd, deadline):
+                    raise LockTimeoutError('Another process held the lock of account %r (%s) for more than %s s.'
+                                           % (name, lock_path, timeout), account=name, path=lock_path)
                 st = os.fstat(fd)
                 try:
                     current = os.stat(lock_path)
@@ -770,26 +794,6 @@ class AccountStore(object):
             yield lock_path
         finally:
             os.close(fd)   # closing releases the flock
-
-    @staticmethod
-    def _flock(fd, name, lock_path, deadline, timeout):
-        if deadline is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                raise LockTimeoutError('Another process held the lock of account %r (%s) for '
-                                       'more than %s s.' % (name, lock_path, timeout),
-                                       account=name, path=lock_path)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
 
     # reading
 

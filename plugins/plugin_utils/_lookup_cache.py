@@ -34,8 +34,6 @@ Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -341,20 +339,10 @@ class TokenCache(object):
             os.close(fd)   # closing releases the flock
 
     def _flock(self, fd, path, name):
-        if self.lock_timeout is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.002
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                raise TokenCacheError('Another worker held the token cache lock of account %r (%s) for more than '
-                                      '%d s.' % (name, path, self.lock_timeout))
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        # Only a miss locks, and a miss loads the account store anyway.
+        from ansible_collections.oidc.tokens.plugins.module_utils._account_store import wait_for_flock
+
+        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
+        if not wait_for_flock(fd, deadline):
+            raise TokenCacheError('Another worker held the token cache lock of account %r (%s) for more than '
+                                  '%d s.' % (name, path, self.lock_timeout))
