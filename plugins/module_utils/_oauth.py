@@ -43,6 +43,7 @@ def requests_import_error():
             REQUESTS_IMPORT_ERROR = traceback.format_exc()
     return None if HAS_REQUESTS else (REQUESTS_IMPORT_ERROR or 'requests could not be imported.')
 
+
 TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
 TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
 TOKEN_TYPE_REFRESH = 'urn:ietf:params:oauth:token-type:refresh_token'

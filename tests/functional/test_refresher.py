@@ -1,0 +1,414 @@
+"""The on-host refresher (roles/job_tokens/files/oidc-tokens-refresher) against the real test provider.
+
+The refresher runs as a separate process, as the role runs it, with the collection's module_utils
+on its path (OIDC_TOKENS_LIB points at the checkout made importable by conftest.py). Access tokens
+live a few seconds, so every test sees several of them come and go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import ansible_collections.oidc.tokens as collection
+from ansible_collections.oidc.tokens.plugins.module_utils import _tokens
+from ansible_collections.oidc.tokens.plugins.module_utils._account_store import (
+    AccountStore, StorePermissionError, write_secret_file)
+from ansible_collections.oidc.tokens.plugins.module_utils._oauth import OAuthClient
+from fault_proxy import FaultProxy
+
+COLLECTION_DIR = os.path.realpath(list(collection.__path__)[0])
+REFRESHER = os.path.join(COLLECTION_DIR, 'roles', 'job_tokens', 'files', 'oidc-tokens-refresher')
+# The directory that holds ansible_collections/oidc/tokens (conftest.py made it), as the role's lib dir.
+LIB_DIR = os.path.dirname(os.path.dirname(os.path.dirname(list(collection.__path__)[0])))
+PASSWORD = 'refresher test password'
+SCOPE = 'openid offline_access compute.read'
+AT_TTL = 4
+
+
+class Job(object):
+    """An exchanged account, its password file and refresher configuration in a temporary directory."""
+
+    def __init__(self, provider, tmp_path, name='job1', lifetime=None, min_valid_period=1, **config):
+        self.provider = provider
+        self.name = name
+        self.dir = tmp_path
+        exchanger = provider.client('oidc-tokens-exchanger')
+        client = OAuthClient(provider.issuer, exchanger['client_id'], exchanger['client_secret'])
+        token = _tokens.exchange(client, provider.user_access_token(), scope=SCOPE)
+        account = _tokens.build_account(name, provider.issuer, exchanger['client_id'], exchanger['client_secret'],
+                                        token.refresh_token, token.scope, lifetime=lifetime)
+        self.lifetime_end = account.meta['lifetime_end']
+        self.store = AccountStore(config_dir=str(tmp_path / 'oidc-agent'))
+        self.store.save(name, account, PASSWORD)
+        self.first_refresh_token = token.refresh_token
+        self.password_file = tmp_path / 'password'
+        write_secret_file(str(self.password_file), PASSWORD + '\n')
+        self.token_file = tmp_path / 'run' / ('bt_u%d' % os.geteuid())
+        self.token_file.parent.mkdir(mode=0o700)
+        self.state_dir = tmp_path / 'state'
+        conf_dir = tmp_path / 'conf'
+        conf_dir.mkdir(mode=0o700)
+        self.config_path = conf_dir / ('%s.json' % name)
+        data = {'version': 1, 'config_dir': self.store.config_dir, 'token_file': str(self.token_file),
+                'min_valid_period': min_valid_period, 'password_file': str(self.password_file),
+                'state_dir': str(self.state_dir), 'lifetime_end': self.lifetime_end, 'retry_min': 0.5,
+                'retry_max': 2, 'provider': {'timeout': 5, 'retries': 0}}
+        data.update(config)
+        write_secret_file(str(self.config_path), json.dumps(data))
+        resource_server = provider.client('plain-client')
+        self.resource_server = OAuthClient(provider.issuer, resource_server['client_id'],
+                                           resource_server['client_secret'])
+
+    @property
+    def log_file(self):
+        return self.state_dir / ('%s.log' % self.name)
+
+    def env(self):
+        env = dict(os.environ, OIDC_TOKENS_LIB=LIB_DIR)
+        env.pop('OIDC_CONFIG_DIR', None)
+        return env
+
+    def argv(self, *args):
+        return [sys.executable, REFRESHER, '--config', str(self.config_path)] + list(args) + [self.name]
+
+    def run(self, *args, timeout=60):
+        return subprocess.run(self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    def start(self, *args):
+        return subprocess.Popen(self.argv('run', *args), env=self.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def token(self):
+        with open(self.token_file, encoding='utf-8') as handle:
+            return handle.read().strip()
+
+    def active(self, token):
+        return self.resource_server.introspect(token)['active']
+
+    def wait_for_token(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.token_file.exists():
+                return self.token()
+            time.sleep(0.1)
+        raise AssertionError('no bearer-token file after %s s; log:\n%s' % (timeout, self.log_text()))
+
+    def log_text(self):
+        try:
+            return self.log_file.read_text(encoding='utf-8')
+        except OSError:
+            return '(no log)'
+
+    def refresh_token(self):
+        return self.store.load(self.name, PASSWORD)['refresh_token']
+
+
+class Reader(threading.Thread):
+    """A job: reads the bearer-token file every `period` seconds and has the provider introspect it."""
+
+    def __init__(self, job, period=0.5):
+        super(Reader, self).__init__(daemon=True)
+        self.job, self.period = job, period
+        self.calls = self.inactive = self.missing = 0
+        self.tokens = set()
+        self.modes = set()
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            try:
+                st = os.stat(self.job.token_file)
+                token = self.job.token()
+            except FileNotFoundError:
+                self.missing += 1
+            else:
+                self.modes.add((stat.S_IMODE(st.st_mode), st.st_uid))
+                self.tokens.add(token)
+                self.calls += 1
+                if not self.job.active(token):
+                    self.inactive += 1
+            self.halt.wait(self.period)
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+
+
+@pytest.fixture(scope='module')
+def op(provider_factory):
+    """A provider whose access tokens live AT_TTL seconds (opaque, so a resource server can introspect them)."""
+    return provider_factory(at_ttl=AT_TTL)
+
+
+def alive(pid):
+    """The process exists and is not a zombie (an orphan is reaped by whatever PID 1 is, sometimes late)."""
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as handle:
+            return handle.read().rsplit(b')', 1)[-1].split()[0] != b'Z'
+    except FileNotFoundError:
+        return False
+
+
+def stop(proc, timeout=15):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+def test_run_keeps_a_valid_token_in_the_file_over_several_lifetimes(op, tmp_path):
+    job = Job(op, tmp_path)
+    proc = job.start()
+    try:
+        job.wait_for_token()
+        reader = Reader(job)
+        reader.start()
+        time.sleep(4 * AT_TTL)
+        reader.stop()
+        assert proc.poll() is None, proc.stderr.read()
+    finally:
+        code = stop(proc)
+    stderr = proc.stderr.read()
+    assert code == 0
+    assert reader.missing == 0
+    assert reader.calls >= 4 * AT_TTL, reader.calls
+    assert reader.inactive == 0, job.log_text()
+    assert len(reader.tokens) >= 4, 'the token was not refreshed: %d distinct' % len(reader.tokens)
+    assert reader.modes == {(0o600, os.geteuid())}
+    # Stopping the loop leaves the token for whoever still runs; nothing half-written is left around.
+    assert job.token_file.exists()
+    assert sorted(os.listdir(job.token_file.parent)) == [job.token_file.name]
+    # The rotated refresh token was kept: the account still works.
+    assert job.refresh_token() != job.first_refresh_token
+    log = job.log_text()
+    assert 'Refresh loop started' in log and 'Stopped by a signal' in log
+    for secret in reader.tokens | {PASSWORD, job.refresh_token(), job.first_refresh_token}:
+        assert secret not in log and secret not in stderr
+
+
+def test_once_writes_the_file_and_check_and_status_report_it(op, tmp_path):
+    job = Job(op, tmp_path, min_valid_period=2)
+    before = job.run('check')
+    assert before.returncode == 1 and 'not ready' in before.stderr
+    done = job.run('once')
+    assert done.returncode == 0, done.stderr
+    assert job.active(job.token())
+    assert stat.S_IMODE(os.stat(job.token_file).st_mode) == 0o600
+    check = job.run('check')
+    assert check.returncode == 0, check.stderr
+    status = json.loads(job.run('status').stdout)
+    assert status['token_present'] and status['valid_for'] >= 2 and status['pid'] is None
+    assert job.token() not in json.dumps(status)
+    # A token someone else put in the file is not vouched for.
+    write_secret_file(str(job.token_file), 'not-a-token-of-ours')
+    assert job.run('check').returncode == 1
+
+
+def test_token_prints_a_valid_access_token_like_oidc_token(op, tmp_path):
+    job = Job(op, tmp_path)
+    printed = job.run('token')
+    assert printed.returncode == 0, printed.stderr
+    token = printed.stdout.strip()
+    assert token and '\n' not in token and job.active(token)
+    # More validity than the provider gives: a fresh token all the same, and a clear warning.
+    longer = job.run('token', '--min-valid-period', '600')
+    assert longer.returncode == 0
+    assert longer.stdout.strip() != token and job.active(longer.stdout.strip())
+    assert 'warning' in longer.stderr and 'min_valid_period (600 s)' in longer.stderr
+
+
+def test_token_fails_clearly_without_an_account(op, tmp_path):
+    job = Job(op, tmp_path)
+    job.store.delete(job.name)
+    printed = job.run('token')
+    assert printed.returncode == 4
+    assert printed.stdout == ''
+    assert 'no access token for account' in printed.stderr and 'removed' in printed.stderr
+
+
+def test_detach_runs_one_instance_and_stop_ends_it(op, tmp_path):
+    job = Job(op, tmp_path)
+    first = job.run('run', '--detach')
+    assert first.returncode == 0 and first.stdout.startswith('started '), first.stderr
+    pid = int(first.stdout.split()[1])
+    try:
+        again = job.run('run', '--detach')
+        assert again.returncode == 0 and again.stdout.strip() == 'already running %d' % pid
+        job.wait_for_token()
+        assert json.loads(job.run('status').stdout)['pid'] == pid
+        # start ran again with another configuration: the loop that read the old one is replaced.
+        data = json.loads(job.config_path.read_text())
+        data['min_valid_period'] = 2
+        write_secret_file(str(job.config_path), json.dumps(data))
+        replaced = job.run('run', '--detach')
+        assert replaced.returncode == 0 and replaced.stdout.startswith('restarted '), replaced.stderr
+        assert not alive(pid)
+        pid = int(replaced.stdout.split()[1])
+        assert job.run('run', '--detach').stdout.strip() == 'already running %d' % pid
+    finally:
+        stopped = job.run('stop')
+    assert stopped.returncode == 0 and stopped.stdout.strip() == 'stopped %d' % pid
+    assert not alive(pid)
+    assert job.run('stop').stdout.strip() == 'not running'
+
+
+# -- the end of an account ----------------------------------------------------------------------
+
+def test_teardown_removes_the_account_and_the_loop_removes_the_file_and_stops(op, tmp_path):
+    job = Job(op, tmp_path)
+    proc = job.start()
+    try:
+        job.wait_for_token()
+        outcome = _tokens.revoke_account(job.store, job.name, PASSWORD, lambda account: OAuthClient(
+            op.issuer, account['client_id'], account['client_secret']))
+        assert outcome['revoked'] and outcome['removed']
+        assert proc.wait(3 * AT_TTL) == 4
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert not job.token_file.exists()
+    assert 'Stopping: the account was removed' in job.log_text()
+    # A watchdog starting it again (cron, systemd timer) finds the account over and does nothing.
+    again = job.run('run')
+    assert again.returncode == 0
+    assert not job.token_file.exists()
+
+
+def test_a_refused_refresh_token_removes_the_file_and_stops(op, tmp_path):
+    job = Job(op, tmp_path)
+    proc = job.start()
+    try:
+        job.wait_for_token()
+        exchanger = op.client('oidc-tokens-exchanger')
+        OAuthClient(op.issuer, exchanger['client_id'], exchanger['client_secret']).revoke(job.refresh_token())
+        assert proc.wait(3 * AT_TTL) == 4
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert not job.token_file.exists()
+    assert 'refused the refresh token' in job.log_text()
+
+
+def test_the_end_of_the_lifetime_removes_the_file_and_stops(op, tmp_path):
+    job = Job(op, tmp_path, lifetime=6)
+    proc = job.start()
+    try:
+        job.wait_for_token()
+        assert proc.wait(15) == 3
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert time.time() >= job.lifetime_end
+    assert not job.token_file.exists()
+    assert 'end of its lifetime' in job.log_text()
+    assert json.loads(job.run('status').stdout)['status'] == 'expired'
+
+
+# -- outages ------------------------------------------------------------------------------------
+
+def test_an_outage_keeps_the_token_while_valid_then_recovers(provider_factory, tmp_path):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    provider = provider_factory(issuer='http://127.0.0.1:%d' % port, at_ttl=AT_TTL)
+    with FaultProxy(provider.url, port=port) as proxy:
+        job = Job(provider, tmp_path)
+        proc = job.start()
+        try:
+            before = job.wait_for_token()
+            assert job.run('check').returncode == 0
+            proxy.default = 'refuse'                    # the provider is unreachable
+            time.sleep(AT_TTL + 3)
+            log = job.log_text()
+            assert 'Refresh failed (TransportError)' in log
+            assert 'keeping the current access token' in log
+            assert 'its access token expired' in log    # once it expired, the file went
+            assert not job.token_file.exists()
+            proxy.clear()                               # the provider is back
+            deadline = time.monotonic() + 15
+            while not job.token_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            after = job.token()
+            assert after != before and job.active(after)
+            assert proc.poll() is None
+        finally:
+            stop(proc)
+
+
+# -- configuration and the secret file ----------------------------------------------------------
+
+def test_a_configuration_others_may_write_is_refused(op, tmp_path):
+    job = Job(op, tmp_path)
+    os.chmod(job.config_path, 0o620)
+    refused = job.run('once')
+    assert refused.returncode == 1
+    assert 'writable by group or others' in refused.stderr
+    assert not job.token_file.exists()
+
+
+def test_a_password_command_works_as_well(op, tmp_path):
+    job = Job(op, tmp_path)
+    data = json.loads(job.config_path.read_text())
+    data.pop('password_file')
+    data['password_command'] = 'cat %s' % job.password_file
+    write_secret_file(str(job.config_path), json.dumps(data))
+    assert job.run('once').returncode == 0
+    assert job.active(job.token())
+
+
+def test_write_secret_file_is_atomic_and_private(tmp_path):
+    path = tmp_path / 'bt_u0'
+    old_umask = os.umask(0)
+    try:
+        write_secret_file(str(path), 'one')
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    seen = set()
+    halt = threading.Event()
+
+    def read():
+        while not halt.is_set():
+            seen.add(path.read_text())
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(300):
+        write_secret_file(str(path), 'token-%d' % i)
+    halt.set()
+    reader.join()
+    assert seen <= {'one'} | {'token-%d' % i for i in range(300)}, 'a reader saw a partial file'
+    assert os.listdir(tmp_path) == ['bt_u0']
+
+
+def test_write_secret_file_leaves_links_and_other_users_files_alone(tmp_path):
+    target = tmp_path / 'elsewhere'
+    target.write_text('keep')
+    link = tmp_path / 'bt_u0'
+    link.symlink_to(target)
+    with pytest.raises(StorePermissionError) as info:
+        write_secret_file(str(link), 'tok-3f9a')
+    assert 'not a regular file' in str(info.value) and 'tok-3f9a' not in str(info.value)
+    assert target.read_text() == 'keep'
+    if os.geteuid() == 0:
+        other = tmp_path / 'bt_u1'
+        other.write_text('theirs')
+        os.chown(other, 65534, 65534)
+        with pytest.raises(StorePermissionError) as info:
+            write_secret_file(str(other), 'tok-3f9a')
+        assert 'belongs to uid 65534' in str(info.value)
+        assert other.read_text() == 'theirs'

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# The role oidc.tokens.job_tokens through the collection's playbook job_run.yml, on three local
+# "workers" (localhost aliases, each with its own Unix job user, become via su), against a
+# provider of its own whose access tokens live 4 seconds:
+#   1. a job of 18 s (4.5 access-token lifetimes) that uses its bearer-token file every second and
+#      has the provider introspect it, as a resource server would: never an invalid token;
+#      after the teardown every refresh token introspects inactive and nothing is left;
+#   2. start twice (one exchange: the second keeps the account), then a failing job: the play fails,
+#      and the teardown in `always` still revokes and cleans up;
+#   3. teardown again, and teardown of a job that never started: both succeed;
+#   4. the role's argument specs and checks refuse bad input with messages that name the variable;
+#   5. the systemd units the role writes pass `systemd-analyze verify`.
+# Needs root (it creates the users oidcjob1..3 and removes them at the end), useradd, su, crontab
+# and setfacl (scripts/setup installs cron and acl), and Python 3 with requests, PyNaCl and
+# cryptography for the job users (scripts/setup installs python3-requests, python3-nacl, python3-cryptography).
+set -eu -o pipefail
+[ -z "${JOB_TOKENS_TRACE:-}" ] || set -x
+
+say() { printf '\n=== job_tokens: %s\n' "$*"; }
+die() { printf 'job_tokens: FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "this target needs root (it creates job users)"
+TARGET_DIR=$(pwd)
+PY=$(command -v python)
+COLLECTION=$("$PY" -c 'import os, sys
+for root in os.environ.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep):
+    path = os.path.join(root, "ansible_collections", "oidc", "tokens")
+    if os.path.isdir(path):
+        print(path)
+        sys.exit(0)
+sys.exit(1)') || die "oidc.tokens not found in ANSIBLE_COLLECTIONS_PATH (run through ansible-test, or set it)"
+PLAYBOOKS=$COLLECTION/playbooks
+# The test's own Python helpers import the collection's module_utils from there.
+helper() { PYTHONPATH="$COLLECTION/../../..${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$@"; }
+USERS=(oidcjob1 oidcjob2 oidcjob3)
+ACCOUNT=job1
+DURATION=18
+AT_TTL=4
+
+# One run at a time on this machine: the job users are machine-wide.
+LOCK_DIR=/run/lock
+[ -d "$LOCK_DIR" ] || LOCK_DIR=/tmp
+exec 8>"$LOCK_DIR/oidc-tokens-job_tokens-target.lock"
+flock -w 900 8 || die "another run of this target holds $LOCK_DIR/oidc-tokens-job_tokens-target.lock"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/job_tokens.XXXXXX")
+chmod 0755 "$WORK"   # the job users read the CA, the probe and their result directory below it
+PROVIDER_STATE=$WORK/provider
+CREATED_USERS=()
+WATCHER=
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$WATCHER" ]; then
+        touch "$WORK/watch.stop"
+        wait "$WATCHER"
+    fi
+    if [ -f "$WORK/inventory.yml" ] && [ "$rc" -ne 0 ]; then
+        echo "job_tokens: cleaning up after a failure with job_teardown.yml" >&2
+        ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" >/dev/null 2>&1
+    fi
+    if [ -f "$PROVIDER_STATE/provider.json" ]; then
+        "$PY" "$WORK/provider-tree/tests/support/provider.py" stop --state-dir "$PROVIDER_STATE" >/dev/null 2>&1
+    fi
+    for user in "${CREATED_USERS[@]}"; do
+        userdel -r "$user" >/dev/null 2>&1 || echo "job_tokens: could not remove the user $user" >&2
+    done
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+# --- a provider of our own, with short-lived access tokens ------------------------------------------
+# ansible-test runs this in a copy of the collection without tests/provider/node_modules (scripts/test
+# does not copy it). The launcher and the provider's code are taken from the copy under test; the
+# installed packages come from the checkout: $OIDC_TOKENS_PROVIDER_DIR, or the copy itself, or the
+# directory the provider that scripts/test started runs in (its pid is in integration_config.yml).
+# They meet in a private tree under $WORK, so the copy is not changed.
+find_provider_packages() {
+    local dir pid config=$TARGET_DIR/../../integration_config.yml
+    for dir in "${OIDC_TOKENS_PROVIDER_DIR:-}" "$COLLECTION/tests/provider"; do
+        [ -n "$dir" ] && [ -d "$dir/node_modules/oidc-provider" ] && { echo "$dir"; return 0; }
+    done
+    if [ -f "$config" ]; then
+        pid=$(sed -n 's/^oidc_tokens_test_provider_pid: *\([0-9][0-9]*\).*/\1/p' "$config")
+        if [ -n "$pid" ] && dir=$(readlink "/proc/$pid/cwd") && [ -d "$dir/node_modules/oidc-provider" ]; then
+            echo "$dir"
+            return 0
+        fi
+    fi
+    return 1
+}
+PACKAGES=$(find_provider_packages) ||
+    die "no installed test provider (node_modules) found: run through scripts/test integration, or set OIDC_TOKENS_PROVIDER_DIR to a tests/provider directory after npm ci"
+mkdir -p "$WORK/provider-tree/tests/support" "$WORK/provider-tree/tests/provider"
+cp "$COLLECTION/tests/support/provider.py" "$WORK/provider-tree/tests/support/"
+cp "$COLLECTION"/tests/provider/*.mjs "$COLLECTION"/tests/provider/*.json "$WORK/provider-tree/tests/provider/"
+ln -s "$PACKAGES/node_modules" "$WORK/provider-tree/tests/provider/node_modules"
+[ ! -d "$PACKAGES/.node" ] || ln -s "$PACKAGES/.node" "$WORK/provider-tree/tests/provider/.node"
+
+say "starting a provider with $AT_TTL s access tokens (opaque, so that a resource server can introspect them)"
+"$PY" "$WORK/provider-tree/tests/support/provider.py" start --state-dir "$PROVIDER_STATE" --tls --at-ttl "$AT_TTL" \
+    >"$WORK/provider.json"
+chmod 0755 "$PROVIDER_STATE"
+fact() { "$PY" -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, d))' "$WORK/provider.json" "$1"; }
+ISSUER=$(fact issuer)
+CA=$(fact ca_path)
+echo "issuer $ISSUER"
+
+# --- the workers' users ----------------------------------------------------------------------------
+for user in "${USERS[@]}"; do
+    if ! getent passwd "$user" >/dev/null; then
+        useradd --create-home --shell /bin/bash "$user"
+        CREATED_USERS+=("$user")
+    fi
+done
+mkdir -m 1777 "$WORK/results"
+install -m 0644 "$TARGET_DIR/files/bearer_token_probe.py" "$WORK/bearer_token_probe.py"
+
+# Secrets reach the playbooks through the environment only. The subject token is alice's access
+# token, fetched when each worker's exchange runs (the pipe lookup is templated then): it lives
+# only 4 seconds, like every access token of this provider.
+export JOB_TOKENS_TEST_CLIENT_SECRET JOB_TOKENS_TEST_RS_SECRET
+JOB_TOKENS_TEST_CLIENT_SECRET=$(fact "clients['oidc-tokens-exchanger']['client_secret']")
+JOB_TOKENS_TEST_RS_SECRET=$(fact "clients['plain-client']['client_secret']")
+INTROSPECTION_URL=$("$PY" -c 'import json, sys, requests
+op = json.load(open(sys.argv[1]))
+print(requests.get(op["url"] + "/.well-known/openid-configuration", verify=op["ca_path"], timeout=10).json()["introspection_endpoint"])' "$WORK/provider.json")
+
+cat >"$WORK/inventory.yml" <<EOF
+all:
+  hosts:
+    localhost:
+      ansible_connection: local
+      ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  children:
+    workers:
+      hosts:
+        worker1: {job_tokens_user: oidcjob1}
+        worker2: {job_tokens_user: oidcjob2}
+        worker3: {job_tokens_user: oidcjob3}
+      vars:
+        ansible_connection: local
+        ansible_python_interpreter: /usr/bin/python3
+        ansible_become_method: su
+        job_tokens_account: $ACCOUNT
+        job_tokens_issuer: $ISSUER
+        job_tokens_client_id: oidc-tokens-exchanger
+        job_tokens_client_secret: "{{ lookup('ansible.builtin.env', 'JOB_TOKENS_TEST_CLIENT_SECRET') }}"
+        job_tokens_subject_token: >-
+          {{ lookup('ansible.builtin.pipe', ansible_playbook_python ~ ' $WORK/provider-tree/tests/support/provider.py user-token --state-dir $PROVIDER_STATE') }}
+        job_tokens_scope: [openid, compute.read]
+        job_tokens_lifetime: 3600
+        job_tokens_min_valid_period: 1
+        job_tokens_ca_path: $CA
+        job_tokens_start_timeout: 30
+        job_command: >-
+          python3 $WORK/bearer_token_probe.py --check introspect --duration $DURATION --interval 1
+          --introspection-url $INTROSPECTION_URL --client-id plain-client --ca $CA
+          --summary $WORK/results/{{ job_tokens_user }}.json --label {{ inventory_hostname }}
+        job_environment:
+          PROBE_CLIENT_SECRET: "{{ lookup('ansible.builtin.env', 'JOB_TOKENS_TEST_RS_SECRET') }}"
+        job_poll: 2
+EOF
+
+# --- 1. a job that outlives several access tokens ----------------------------------------------------
+say "1. job_run.yml on worker1..3: a $DURATION s job that introspects its bearer token every second"
+helper "$TARGET_DIR/watch_accounts.py" "$WORK/tokens.json" "$WORK/watch.stop" "${USERS[@]/%/:$ACCOUNT}" &
+WATCHER=$!
+sleep 1
+kill -0 "$WATCHER" 2>/dev/null || die "the account watcher did not start"
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_run.yml" "$@"
+touch "$WORK/watch.stop"
+wait "$WATCHER"
+WATCHER=
+helper "$TARGET_DIR/check_job.py" "$WORK/provider.json" "$WORK/tokens.json" "$WORK/results" "$DURATION" "$ACCOUNT" \
+    "${USERS[@]}"
+
+# --- 2. start twice, then a failing job: it still revokes ----------------------------------------------
+say "2. job_start.yml on worker1, then a failing job_run.yml there: the second start keeps the account, the teardown in always revokes"
+stat_of() { helper -c 'import json, sys, requests
+op = json.load(open(sys.argv[1]))
+stats = requests.get(op["url"] + "/_test/stats", verify=op["ca_path"], timeout=10).json()
+print(stats["revocation"]["succeeded"] if sys.argv[2] == "revocations"
+      else stats["token"].get("urn:ietf:params:oauth:grant-type:token-exchange", {}).get("succeeded", 0))' "$WORK/provider.json" "$1"; }
+revoked_before=$(stat_of revocations)
+exchanged_before=$(stat_of exchanges)
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1 >"$WORK/start.log" 2>&1 ||
+    { cat "$WORK/start.log"; die "job_start.yml failed"; }
+# shellcheck disable=SC2016 # $BEARER_TOKEN_FILE is the job's, expanded on the worker
+if ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_run.yml" --limit worker1 \
+        -e '{"job_command": "test -s \"$BEARER_TOKEN_FILE\" && exit 3"}' >"$WORK/failing.log" 2>&1; then
+    cat "$WORK/failing.log"
+    die "job_run.yml succeeded although the job failed"
+fi
+grep -q '"rc": 3' "$WORK/failing.log" || { cat "$WORK/failing.log"; die "the job did not run with its token"; }
+grep -A1 'TASK \[oidc.tokens.job_tokens : Exchange the subject token' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
+    { cat "$WORK/failing.log"; die "the second start did not keep the account"; }
+[ "$(stat_of exchanges)" -eq $((exchanged_before + 1)) ] || die "two starts exchanged twice"
+[ "$(stat_of revocations)" -eq $((revoked_before + 1)) ] ||
+    { cat "$WORK/failing.log"; die "the failing job's refresh token was not revoked"; }
+uid=$(id -u oidcjob1)
+for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/tmp/bt_u$uid" "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
+    [ ! -e "$path" ] || die "$path is left after the failing job"
+done
+! crontab -l -u oidcjob1 2>/dev/null | grep -q oidc-tokens-refresher || die "the cron entry is left after the failing job"
+echo "ok: one exchange for two starts; the failing job's refresh token was revoked; nothing is left"
+
+# --- 3. teardown is idempotent and safe without a start ----------------------------------------------
+say "3. teardown again, and for an account that never started"
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" | tee "$WORK/teardown-again.log"
+grep -Eq 'worker[123] +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$WORK/teardown-again.log" ||
+    die "a second teardown changed something or failed"
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" -e job_tokens_account=never-started >/dev/null
+echo "ok: teardown is idempotent"
+
+# --- 4. bad input --------------------------------------------------------------------------------------
+say "4. bad input is refused with messages that name the variable"
+if ! ansible-playbook -i "$WORK/inventory.yml" "$TARGET_DIR/argspec.yml" >"$WORK/argspec.log" 2>&1; then
+    cat "$WORK/argspec.log"
+    die "a bad input was not refused as expected"
+fi
+# The refusals, one line each (the full output, with ansible-core's argument spec dumps, is long).
+sed -n 's/^ *"msg": "\(.*\)"$/ok: refused \1/p' "$WORK/argspec.log" | grep -v '^ok: refused All assertions passed'
+
+# --- 5. the systemd units ------------------------------------------------------------------------------
+say "5. the systemd units pass systemd-analyze verify"
+if command -v systemd-analyze >/dev/null 2>&1; then
+    ansible-playbook -i "$WORK/inventory.yml" "$TARGET_DIR/render_units.yml" -e "job_tokens_test_work=$WORK" \
+        -e "job_tokens_test_collection=$COLLECTION"
+    unit=oidc-tokens-refresher-oidcjob1-$ACCOUNT
+    if ! systemd-analyze verify --man=no "$WORK/units/$unit.service" "$WORK/units/$unit.timer" >"$WORK/verify.log" 2>&1 ||
+            grep -F "$WORK/units" "$WORK/verify.log"; then
+        cat "$WORK/verify.log"
+        die "systemd-analyze verify found fault with the units"
+    fi
+    echo "ok: $unit.service and $unit.timer verify"
+else
+    echo "skipped: no systemd-analyze (Debian package systemd)"
+fi
+say "all passed"
