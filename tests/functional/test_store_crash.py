@@ -86,7 +86,7 @@ def test_kill_9_never_leaves_a_missing_or_undecryptable_file(tmp_path):
     config_dir = str(tmp_path / 'oidc-agent')
     store = AccountStore(config_dir, read_retries=0)
     store.save('crashy', {'issuer_url': 'https://issuer.example/', 'client_id': 'c',
-                          'client_secret': 's', 'refresh_token': 'rt-0', 'scope': 'openid',
+                          'client_secret': 's', 'refresh_token': 'rt-0-initial', 'scope': 'openid',
                           'oidc_tokens': {'seq': 0}}, PASSWORD)
     script = tmp_path / 'writer.py'
     script.write_text(WRITER)
