@@ -241,6 +241,10 @@ def query_needs_claims(parsed):
 class LookupModule(LookupBase):
 
     def run(self, terms, variables=None, **kwargs):
+        # set_options drops unknown keywords silently: a typo (min_valid_perod=600) must not fall back to a default.
+        unknown = sorted(set(kwargs) - set(C.config.get_configuration_definitions('lookup', self._load_name) or {}))
+        if unknown:
+            raise AnsibleError('The lookup oidc.tokens.oidc_token has no option %s.' % ', '.join(unknown))
         self.set_options(var_options=self._option_vars(variables), direct=kwargs)
 
         query = self.get_option('query')

@@ -942,7 +942,8 @@ class AccountStore(object):
         lock and then sees the new file, so it never replays a spent refresh token.
         """
         path = self.path(name)
-        if not os.path.isdir(self.config_dir):
+        if not self.exists(name):
+            # Checked before the lock, so that asking for a missing account leaves no lock file behind.
             raise AccountNotFoundError('No account %r: %s does not exist.' % (name, path),
                                        account=name, path=path)
         with self.locked(name) as lock_path:

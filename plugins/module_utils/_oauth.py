@@ -64,7 +64,9 @@ AUTH_METHODS = ('client_secret_basic', 'client_secret_post')
 MAX_RESPONSE_BYTES = 1024 * 1024
 
 # Statuses after which the provider did not process the request, so spending a credential again is safe.
-_NOT_PROCESSED_STATUSES = frozenset((502, 503, 504))
+# Not 502 or 504: a gateway sends those when the provider's answer came broken or too late, after the
+# provider may have rotated the refresh token.
+_NOT_PROCESSED_STATUSES = frozenset((503,))
 
 # Discovery documents, per process, keyed by normalised issuer: one fetch per worker process.
 _METADATA_CACHE = {}

@@ -187,13 +187,18 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
         kept = cached_access_token(account, min_valid_period, current) if default and not force else None
         if kept is not None:
             return None, (kept, account)
-        updated, result = _refresh(name, account, client_for(account), scope, audience, resource, default,
-                                   min_valid_period, current)
+        client = client_for(account)
+        updated, result = _refresh(name, account, client, scope, audience, resource, default, min_valid_period,
+                                   current)
+        if claims == 'verify' and jwt_claims(result['access_token']) is not None:
+            # Before anything is written: an answer whose token fails verification is not trusted for its
+            # refresh token either, and a token that failed must never be kept and handed out later.
+            result['claims'] = client.verify_jwt(result['access_token'])
         return updated, (result, updated)
 
     result, account = store.update(name, password, under_lock)
-    # Claims are checked after the lock is released: a JWKS download need not hold up other workers.
-    if claims and jwt_claims(result['access_token']) is not None:
+    # A kept token's claims are checked after the lock is released: no JWKS download holds up other workers.
+    if claims and not result['claims'] and jwt_claims(result['access_token']) is not None:
         result['claims'] = (client_for(account).verify_jwt(result['access_token']) if claims == 'verify'
                             else jwt_claims(result['access_token']))
     return result
