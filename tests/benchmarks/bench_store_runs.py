@@ -1,0 +1,115 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The account store's cost, as medians over fresh processes: one Argon2id derivation (time and peak
+memory), encryptions and decryptions per second with a derived key, load and update of an account.
+
+    python3 tests/benchmarks/bench_store_runs.py [--runs 5] [--out FILE.json]
+
+Each run is a fresh Python process (so that the peak-memory figure is the derivation's own); within
+a run, 10 derivations are timed. A script that prints figures, not a test. (bench_store.py prints the
+same figures for one process.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+
+def one_run():
+    _common.collections_root()
+    from ansible_collections.oidc.tokens.plugins.module_utils import _account_store as store_mod
+    store_mod.nacl_import_error()   # PyNaCl imported before measuring: its import is not the derivation's memory
+    password = b'benchmark password'
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    key = store_mod.derive_key(password, os.urandom(store_mod.SALT_BYTES))
+    first = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _i in range(10):
+        start = time.perf_counter()
+        store_mod.derive_key(password, os.urandom(store_mod.SALT_BYTES))
+        times.append(time.perf_counter() - start)
+    account = store_mod.Account({'issuer_url': 'https://issuer.example/', 'client_id': 'c', 'client_secret': 's' * 40,
+                                 'refresh_token': 'r' * 900, 'scope': 'openid offline_access'})
+    plaintext = store_mod._plaintext_from_account(account, 'bench')
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 1.0:
+        content = store_mod.encrypt_account_bytes(plaintext, key)
+        n += 1
+    encrypt = n / (time.perf_counter() - start)
+    parsed = store_mod.parse_account_file(content)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 1.0:
+        store_mod.decrypt_parsed(parsed, key)
+        n += 1
+    decrypt = n / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as directory:
+        store = store_mod.AccountStore(os.path.join(directory, 'accounts'))
+        store.save('bench', account, password)
+        loads, updates = [], []
+        for _i in range(5):
+            start = time.perf_counter()
+            store.load('bench', password)
+            loads.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store.update('bench', password, lambda a: (a, None))
+            updates.append(time.perf_counter() - start)
+    return {'first_derivation_s': first, 'derivation_s': statistics.median(times),
+            'derivation_peak_rss_mib': (after - before) / 1024.0, 'encrypt_per_s': encrypt, 'decrypt_per_s': decrypt,
+            'load_s': statistics.median(loads), 'update_s': statistics.median(updates),
+            'plaintext_bytes': len(plaintext), 'opslimit': store_mod.OPSLIMIT, 'memlimit': store_mod.MEMLIMIT}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--out')
+    parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_run()))
+        return 0
+    runs = []
+    for _i in range(args.runs):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), '--one'], capture_output=True, text=True,
+                             check=True, timeout=600)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    figures = {
+        'derivation_ms': _common.summary([r['derivation_s'] for r in runs], 1000, 1),
+        'first_derivation_ms': _common.summary([r['first_derivation_s'] for r in runs], 1000, 1),
+        'derivation_peak_rss_mib': _common.summary([r['derivation_peak_rss_mib'] for r in runs], 1, 1),
+        'encrypt_per_s': _common.summary([r['encrypt_per_s'] for r in runs], 1, 0),
+        'decrypt_per_s': _common.summary([r['decrypt_per_s'] for r in runs], 1, 0),
+        'load_ms': _common.summary([r['load_s'] for r in runs], 1000, 1),
+        'update_ms': _common.summary([r['update_s'] for r in runs], 1000, 1),
+    }
+    params = {'argon2id_opslimit': runs[0]['opslimit'], 'argon2id_memlimit_mib': runs[0]['memlimit'] // (1024 * 1024),
+              'account_json_bytes': runs[0]['plaintext_bytes'], 'derivations_per_run': 10}
+    print('account store, %d fresh processes (Argon2id opslimit %d, memlimit %d MiB; %d-byte account JSON)' % (
+        args.runs, params['argon2id_opslimit'], params['argon2id_memlimit_mib'], params['account_json_bytes']))
+    _common.line('one Argon2id derivation', figures['derivation_ms'], 'ms')
+    _common.line('first derivation in a fresh process', figures['first_derivation_ms'], 'ms')
+    _common.line('peak RSS added by the first derivation', figures['derivation_peak_rss_mib'], 'MiB')
+    _common.line('encryptions per second (derived key)', figures['encrypt_per_s'], '/s')
+    _common.line('decryptions per second (derived key)', figures['decrypt_per_s'], '/s')
+    _common.line('store.load (one derivation)', figures['load_ms'], 'ms')
+    _common.line('store.update (one derivation, atomic write)', figures['update_ms'], 'ms')
+    _common.write(args.out, 'store', {'figures': figures, 'parameters': params})
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

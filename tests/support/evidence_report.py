@@ -1,0 +1,537 @@
+"""Write docs/evidence.md (and its SVG plots) from the JSON figures scripts/evidence collects.
+
+    python3 tests/support/evidence_report.py JSON_DIR docs/evidence.md
+
+JSON_DIR holds what the suites (faults.json, concurrency.json, security.json, bad_input.json,
+suites.json) and the benchmarks (bench-*.json) wrote. Missing files leave their section saying so.
+The plots go next to the JSON files when JSON_DIR is docs/evidence (else into docs/evidence too).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import sys
+
+FINDINGS = [
+    ('fixed', 'A JWT access token that fails verification is kept in the account',
+     'plugins/module_utils/_tokens.py, access_token(), lines 194-198: store.update() writes the refreshed account, including the new default access token in oidc_tokens.access_token, before verify_jwt() runs after the lock is released. When verification fails (alg none, another key: bad-input cases at-jwt-alg-none, at-jwt-wrong-key) the module fails, but the account file was rewritten and keeps the forged token: the next oidc_token with verify: false, the lookup without query, and the refresher hand it out from the account.',
+     'plugins/module_utils/_tokens.py: with verify, a refreshed JWT is now checked inside the account lock, before anything is written; an answer whose token fails verification changes nothing (bad-input cases at-jwt-alg-none, at-jwt-wrong-key assert that).'),
+    ('fixed', 'The lookup ignores options it does not know',
+     'plugins/lookup/oidc_token.py, LookupModule.run(), line 244: set_options(direct=kwargs) drops unknown keyword arguments, so lookup(..., min_valid_perod=600) (a typo) silently uses the default 60 s (bad-input case lookup-unknown-option).',
+     'plugins/lookup/oidc_token.py: unknown keyword options now fail, naming them (bad-input case lookup-unknown-option).'),
+    ('fixed', 'A refresh is replayed after a 502 or 504, which a gateway sends after the provider acted',
+     'plugins/module_utils/_oauth.py, line 67 (_NOT_PROCESSED_STATUSES = 502, 503, 504) and line 452: a request that spends a credential is retried after 502 and 504 as if the provider had not processed it (also docs/architecture.md, line 44). A reverse proxy answers 504 when the provider\'s answer came too late and 502 when it came broken: the provider may have rotated the refresh token. The retry replays the spent token, a provider with reuse detection revokes the grant, and the access token a job is still using dies with it (fault tests test_a_gateway_error_after_the_provider_acted_is_not_replayed[502/504], a fault kind "gateway:N" of the proxy: forward, then answer N).',
+     'plugins/module_utils/_oauth.py: a request that spends a credential is now repeated only after a 503; after a 502 or 504 it fails with the "may have reached the provider" message (fault tests test_a_gateway_error_after_the_provider_acted_is_not_replayed[502/504]).'),
+    ('fixed', 'Asking for an account that does not exist leaves a lock file',
+     "plugins/module_utils/_account_store.py, AccountStore.update(), line 948: the lock .NAME.lock is created before _load() finds no account file; the empty lock file stays in the user's oidc-agent directory (bad-input case file-missing). The lookup likewise creates its cache directory and a lock file before it reads the account (plugins/lookup/oidc_token.py, token(), line 313).",
+     'plugins/module_utils/_account_store.py: update() now checks that the account exists before it takes the lock. The lookup still creates its cache directory and lock file before the store says the account is missing.'),
+    ('performance', 'Every token request derives the account key under the account lock',
+     'plugins/module_utils/_account_store.py, update(), lines 948-949: _load() (one Argon2id derivation, about 80 ms and 64 MiB) runs while the lock is held, so N processes asking for one account at once take N x 80 ms one after another, even when they all reuse the kept access token (the 50-process test: about 4-6 s per round; only one core works).',
+     'update() re-encrypts with the same salt, so the key can be derived before the lock: read the file, derive from its salt, take the lock, read again and reuse the key when the salt is unchanged (derive again only when another writer changed the salt, e.g. oidc-agent or change_password).'),
+    ('limit', 'A refresh whose answer is lost costs the grant',
+     "When the provider rotated the refresh token but the answer never arrived (connection reset after the provider acted, an answer cut off, a request that stalled past the client timeout and was processed later, or the process killed between the provider's answer and the rename of the new file), the account keeps the spent refresh token. The collection does not replay it blindly (it is not retried), but the next use does, and a provider with reuse detection then revokes the grant. No client can avoid this; providers with a reuse grace period (Keycloak) or without reuse detection do not punish the replay.",
+     'Documented. The message on the next use says to exchange a fresh subject token. The kill -9 counts show how rare the window is (a few per cent of random kills of a process refreshing in a tight loop).'),
+]
+
+
+def load(directory, name):
+    try:
+        with open(os.path.join(directory, name), encoding='utf-8') as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def fmt(value, digits=None):
+    if value is None:
+        return '–'
+    if isinstance(value, float):
+        if digits is not None:
+            return ('%%.%df' % digits) % value
+        if abs(value) >= 100:
+            return '%.0f' % value
+        if abs(value) >= 10:
+            return '%.1f' % value
+        return '%.2f' % value
+    return str(value)
+
+
+def stat(entry, unit='', digits=None):
+    """'median unit (min–max, n runs)' of a summary dict."""
+    if not entry or entry.get('median') is None:
+        return '–'
+    if entry['runs'] == 1:
+        return '%s%s (1 run)' % (fmt(entry['median'], digits), unit)
+    return '%s%s (%s–%s, %d runs)' % (fmt(entry['median'], digits), unit, fmt(entry['min'], digits),
+                                      fmt(entry['max'], digits), entry['runs'])
+
+
+def table(headers, rows):
+    out = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join(' --- ' for _h in headers) + '|']
+    for row in rows:
+        out.append('| ' + ' | '.join(str(c).replace('|', '\\|').replace('\n', ' ') for c in row) + ' |')
+    return '\n'.join(out)
+
+
+def machine_line(data):
+    m = (data or {}).get('machine') or {}
+    if not m:
+        return ''
+    versions = m.get('versions') or {}
+    parts = ['%s (%s CPUs%s, %s MiB)' % (m.get('cpu_model', m.get('machine', '?')), m.get('cpus'),
+                                         ', load %s at the start' % m['load_avg_1m'] if 'load_avg_1m' in m else '',
+                                         m.get('mem_total_mib', '?')),
+             m.get('os', ''), 'Linux %s' % m.get('kernel', '?'), 'Python %s' % m.get('python')]
+    parts += ['%s %s' % (k, v) for k, v in sorted(versions.items()) if v]
+    commit = m.get('git_commit')
+    if commit:
+        parts.append('commit %s%s' % (commit, ' + local changes' if m.get('git_dirty') else ''))
+    return '%s — %s' % (m.get('date_utc', '?'), ', '.join(p for p in parts if p))
+
+
+# -- SVG, by hand -----------------------------------------------------------------------------------
+
+def bar_svg(path, title, bars, unit, log=False, width=760):
+    """A horizontal bar chart: bars = [(label, value, colour)]."""
+    bars = [b for b in bars if b[1] is not None and b[1] > 0]
+    if not bars:
+        return False
+    row, left, right, top = 30, 330, 110, 40
+    height = top + row * len(bars) + 30
+    values = [b[1] for b in bars]
+    span = width - left - right
+    if log:
+        low = 10 ** math.floor(math.log10(min(values)))
+        high = 10 ** math.ceil(math.log10(max(values)))
+        if high <= low:
+            high = low * 10
+
+        def scale(v):
+            return span * (math.log10(v) - math.log10(low)) / (math.log10(high) - math.log10(low))
+    else:
+        high = max(values) * 1.05
+
+        def scale(v):
+            return span * v / high
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" '
+             'font-size="13">' % (width, height),
+             '<rect width="100%" height="100%" fill="white"/>',
+             '<text x="10" y="22" font-size="15" font-weight="bold">%s</text>' % html.escape(title)]
+    if log:
+        decade = low
+        while decade <= high * 1.0001:
+            x = left + scale(decade)
+            parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>' % (x, top - 5, x, height - 25))
+            parts.append('<text x="%.1f" y="%d" fill="#666" text-anchor="middle" font-size="11">%s %s</text>'
+                         % (x, height - 10, fmt(float(decade)), unit))
+            decade *= 10
+    for i, (label, value, colour) in enumerate(bars):
+        y = top + i * row
+        w = max(1.0, scale(value))
+        parts.append('<text x="%d" y="%d" text-anchor="end">%s</text>' % (left - 8, y + 18, html.escape(label)))
+        parts.append('<rect x="%d" y="%d" width="%.1f" height="20" fill="%s"/>' % (left, y + 4, w, colour))
+        parts.append('<text x="%.1f" y="%d">%s %s</text>' % (left + w + 6, y + 18, fmt(value), unit))
+    parts.append('</svg>')
+    with open(path, 'w', encoding='utf-8') as handle:
+        handle.write('\n'.join(parts) + '\n')
+    return True
+
+
+# -- sections ---------------------------------------------------------------------------------------
+
+def counts_table(data, keys):
+    counts = (data or {}).get('counts', {})
+    rows = [(label, fmt(counts.get(key, 0))) for key, label in keys if key in counts or not key.startswith('?')]
+    return table(['what', 'count'], rows)
+
+
+LAYERS = [('python', 'refresh', 'refresh'), ('python', 'exchange', 'exchange'), ('python', 'revoke', 'revoke'),
+          ('ansible-playbook', 'oidc_token module', 'module oidc_token'), ('ansible-playbook', 'lookup', 'lookup'),
+          ('refresher', 'once', 'refresher once')]
+
+
+def faults_section(data):
+    if not data:
+        return '_Not run: no faults.json._\n'
+    counts = data['counts']
+    out = ['Every fault is injected by a real TCP/HTTP proxy between the collection and the real provider '
+           '(`tests/support/fault_proxy.py`); the provider restart stops the provider and starts a new one on '
+           'the same port, without any of the old grants.', '',
+           table(['what', 'count'], [
+               ('faults injected', fmt(counts.get('faults injected'))),
+               ('operations tried', fmt(counts.get('operations tried'))),
+               ('**account files lost or corrupted**', '**%s**' % fmt(counts.get('configs lost or corrupted', 0))),
+               ('account files checked to decrypt, and modes checked (0700/0600)', fmt(counts.get('mode checks'))),
+               ('mode violations', fmt(counts.get('mode violations', 0))),
+               ('grants lost: the provider acted, its answer was lost (inherent, see Findings)',
+                fmt(counts.get('grants lost (provider acted, answer lost)', 0))),
+               ('orphan grants: an exchange was answered, the answer was lost',
+                fmt(counts.get('orphan grants (exchange answered, answer lost)', 0))),
+               ('provider restarts that lost every grant', fmt(counts.get('provider restarts', 0))),
+               ('refresh tokens replayed after a 502/504 from a gateway (fixed, see Findings)',
+                fmt(counts.get('refresh tokens replayed after a gateway 502', 0)
+                    + counts.get('refresh tokens replayed after a gateway 504', 0))),
+           ]), '',
+           'Outcome of each operation under each fault (**ok**: succeeded after safe retries; **fails**: a '
+           'clear error, the account file byte-identical; then *RT kept*: the provider never saw the request and '
+           'the next refresh works, *grant lost*: the provider acted, the next refresh fails with "exchange a '
+           'fresh subject token"). Requests that spend a credential (refresh, exchange) are retried only when '
+           'they cannot have reached the provider; revocation is idempotent and is retried.', '']
+    cells = {}
+    for row in data.get('rows', []):
+        key = (row['kind'], row['layer'], row['operation'])
+        if row['outcome'] == 'ok':
+            cell = 'ok'
+        else:
+            cell = 'fails'
+            if row.get('grant') == 'alive':
+                cell += ', RT kept'
+            elif row.get('grant') == 'lost':
+                cell += ', grant lost'
+            elif row.get('grant') == 'orphan':
+                cell += ', orphan grant'
+        cells[key] = cell
+    kinds = []
+    for row in data.get('rows', []):
+        if row['kind'] not in kinds and not row['kind'].startswith('sequence'):
+            kinds.append(row['kind'])
+    rows = []
+    for kind in kinds:
+        rows.append([kind] + [cells.get((kind, layer, op), '–') for layer, op, _label in LAYERS])
+    out.append(table(['fault'] + [label for _l, _o, label in LAYERS], rows))
+    out.append('')
+    examples = []
+    for kind in kinds:
+        for row in data['rows']:
+            if row['kind'] == kind and row['layer'] == 'ansible-playbook' and row['outcome'] != 'ok':
+                examples.append((kind, '`%s`' % row['message'][:260]))
+                break
+    if examples:
+        out += ['What the user sees (the module\'s failure message, from ansible-playbook):', '',
+                table(['fault', 'message'], examples), '']
+    loop = [r for r in data.get('rows', []) if r['kind'].startswith('sequence')]
+    if loop:
+        out += ['The refresher\'s loop against 5-second access tokens while 8 faults hit one refresh after another '
+                '(503 twice, 502 twice, a reset, an HTML page, a 3-s stall, a 500, a 4 MiB answer, a redirect), a '
+                'job reading the bearer-token file every 0.25 s and introspecting it: %s.' % loop[0]['message'], '']
+    return '\n'.join(out)
+
+
+def concurrency_section(data):
+    if not data:
+        return '_Not run: no concurrency.json._\n'
+    c = data['counts']
+    out = [table(['what', 'count'], [
+        ('rounds of 50 processes asking for one account\'s token at once', fmt(c.get('rounds of 50 processes'))),
+        ('token requests', fmt(c.get('round: calls'))),
+        ('**failures**', '**%s**' % fmt(c.get('round: failures', 0))),
+        ('tokens handed out inactive at the provider, or with less validity than asked',
+         fmt(c.get('round: inactive tokens', 0) + c.get('round: short tokens', 0))),
+        ('refreshes needed (the kept token had less than min_valid_period left, decided under the lock)',
+         fmt(c.get('round: refreshes needed'))),
+        ('refreshes at the provider', fmt(c.get('round: refreshes at provider'))),
+        ('refreshes not needed', fmt(c.get('round: unneeded refreshes', 0))),
+        ('refresh tokens refused by the provider (a replay would be)', fmt(c.get('round: refused at provider', 0))),
+        ('grant alive after every round (RT on disk = the provider\'s current one)',
+         'yes' if data.get('tests', {}).get('failed', 1) == 0 else 'see failures'),
+        ('kill -9 of processes refreshing in a loop', fmt(c.get('kill -9 of writers'))),
+        ('kill -9 of the refresher\'s loop', fmt(c.get('kill -9 of the refresher'))),
+        ('**account files that did not decrypt after a kill**', '**%s**' % fmt(
+            c.get('kills: account file does not decrypt', 0))),
+        ('RT on disk = the provider\'s current one after the kill', fmt(
+            c.get("kills: RT on disk is the provider's current one"))),
+        ('RT lost because the kill fell between the provider\'s rotation and the rename (inherent)',
+         fmt(c.get('kills: RT lost in the refresh window (inherent)', 0))),
+        ('**RT lost otherwise**', '**%s**' % fmt(c.get('kills: RT lost outside the refresh window', 0))),
+        ('refresh tokens replayed after a kill', fmt(c.get('kills: refresh tokens replayed (refused by the provider)',
+                                                           0))),
+    ])]
+    for row in data.get('rows', []):
+        if 'median_round_seconds' in row:
+            out.append('')
+            out.append('Access tokens lived %s s and every process wanted %s s of validity, so the kept token kept '
+                       'running out during the rounds; a round took %s s (median). Each kill\'s moment is recorded: '
+                       % (row['at_ttl'], row['min_valid_period'], row['median_round_seconds']))
+        elif row.get('test', '').startswith('kill'):
+            phases = ', '.join('%s: %s' % (k, v) for k, v in sorted(row.items()) if k.startswith('killed'))
+            out.append('- %s: %s.' % (row['test'], phases))
+    for note in data.get('notes', []):
+        out.append('')
+        out.append('Note: %s.' % note)
+    return '\n'.join(out) + '\n'
+
+
+def security_section(data):
+    if not data:
+        return '_Not run: no security.json._\n'
+    c = data['counts']
+    design = [(k[len('hits by design: '):], v) for k, v in sorted(c.items()) if k.startswith('hits by design')]
+    kinds = ', '.join('%s %s' % (v, k.split(': ', 1)[1]) for k, v in sorted(c.items())
+                      if k.startswith('secret values searched for: '))
+    out = [table(['what', 'count'], [
+        ('playbook runs at -vvvv (with ANSIBLE_LOG_PATH)', fmt(c.get('playbook runs at -vvvv'))),
+        ('of them under umask 000', fmt(c.get('runs under umask 000'))),
+        ('tasks run', fmt(c.get('tasks run'))),
+        ('secret values searched for', '%s (%s)' % (fmt(c.get('secret values searched for')), kinds)),
+        ('files scanned after the runs', fmt(c.get('files scanned'))),
+        ('copies of the job user\'s files taken while the job ran', fmt(c.get('file copies scanned while running'))),
+        ('bytes scanned', fmt(c.get('bytes scanned'))),
+        ('hits in the bearer-token file (access tokens: allowed)', fmt(c.get('hits allowed (bearer-token file)', 0))),
+    ] + [('hits in %s (by design, documented)' % k, fmt(v)) for k, v in design] + [
+        ('**leaks**', '**%s**' % fmt(c.get('leaks', 0))),
+        ('file mode and owner checks', fmt(c.get('mode checks'))),
+        ('**mode violations (also under umask 000)**', '**%s**' % fmt(c.get('mode violations', 0))),
+        ('control: planted secrets found by the scanner', fmt(c.get('control: planted secrets found'))),
+    ])]
+    for note in data.get('notes', []):
+        out += ['', 'Note: %s.' % note]
+    return '\n'.join(out) + '\n'
+
+
+def bad_input_section(data):
+    if not data:
+        return '_Not run: no bad_input.json._\n'
+    c = data['counts']
+    out = [table(['what', 'count'], [
+        ('cases', fmt(c.get('cases'))),
+        ('a clear error (the message names what is wrong)', fmt(c.get('cases with a clear error'))),
+        ('exit status of ansible-playbook not 0', fmt(c.get('cases with a non-zero exit'))),
+        ('nothing written (account directory, home, runtime directory byte-identical)',
+         fmt(c.get('cases that wrote nothing'))),
+        ('of them leaving an empty lock file (see Findings)', fmt(c.get('cases that left only an empty lock file', 0))),
+        ('secrets in the output', fmt(c.get('secrets in output', 0))),
+        ('cases failing because of a known bug (see Findings)', fmt(c.get('cases failing because of a known bug', 0))),
+    ]), '']
+    rows = []
+    for row in data.get('rows', []):
+        verdict = 'pass' if row['clear'] and row['rc'] and row['nothing_written'] else 'FAIL'
+        if row.get('known_bug'):
+            verdict = 'known bug'
+        rows.append((row['case'], row['what'], row['layer'], row['rc'], verdict, '`%s`' % row['message'][:160]))
+    out.append('<details><summary>All %d cases</summary>\n' % len(rows))
+    out.append(table(['case', 'input', 'run through', 'exit', 'result', 'message (start)'], rows))
+    out.append('\n</details>')
+    return '\n'.join(out) + '\n'
+
+
+def store_section(data):
+    if not data:
+        return '_Not measured: no bench-store.json._\n'
+    f, p = data['figures'], data['parameters']
+    return table(['figure', 'median (min–max, runs)'], [
+        ('one Argon2id derivation (opslimit %s, %s MiB)' % (p['argon2id_opslimit'], p['argon2id_memlimit_mib']),
+         stat(f['derivation_ms'], ' ms')),
+        ('peak memory added by a derivation (RSS)', stat(f['derivation_peak_rss_mib'], ' MiB')),
+        ('encryptions per second with a derived key (%s-byte account)' % p['account_json_bytes'],
+         stat(f['encrypt_per_s'], '/s')),
+        ('decryptions per second with a derived key', stat(f['decrypt_per_s'], '/s')),
+        ('store.load (one derivation)', stat(f['load_ms'], ' ms')),
+        ('store.update (one derivation, atomic write with fsync)', stat(f['update_ms'], ' ms')),
+    ]) + '\n'
+
+
+def calls_section(data, plots):
+    if not data:
+        return '_Not measured: no bench-calls.json._\n'
+    f, r, p = data['figures'], data['ratios'], data['parameters']
+    out = [table(['per call', 'median (min–max, runs)', 'vs oidc-token'], [
+        ('`oidc-token NAME` in a bash loop (oidc-agent, account loaded)', stat(f['oidc_token_per_call_ms'], ' ms'),
+         '1'),
+        ('lookup, once the worker has loaded it (cache hit)', stat(f['lookup_loaded_per_call_ms'], ' ms'),
+         fmt(r.get('lookup_loaded_vs_oidc_token'))),
+        ('lookup in a play, per evaluation (%s in one task loop, minus the loop without it)' % p.get('play_calls'),
+         stat(f['lookup_in_play_per_call_ms'], ' ms'), fmt(r.get('lookup_in_play_vs_oidc_token'))),
+        ('lookup, first call in a fresh worker (each host of a play), cache hit',
+         stat(f['lookup_fresh_worker_cache_hit_ms'], ' ms'), fmt(r.get('lookup_fresh_worker_hit_vs_oidc_token'))),
+        ('lookup, first call in a fresh worker, without the cache (one derivation)',
+         stat(f['lookup_fresh_worker_no_cache_ms'], ' ms'), fmt(r.get('lookup_no_cache_vs_oidc_token'))),
+        ('`ansible localhost -m debug -a "msg={{ lookup(...) }}"` in a bash loop',
+         stat(f['ansible_adhoc_lookup_per_call_ms'], ' ms'), fmt(r.get('ansible_adhoc_vs_oidc_token'))),
+    ])]
+    if plots.get('calls'):
+        out += ['', '![Per-call time, log scale](evidence/%s)' % plots['calls']]
+    for note in data.get('notes', []):
+        out += ['', 'Note: %s' % note]
+    return '\n'.join(out) + '\n'
+
+
+def hosts_section(data, plots):
+    if not data:
+        return '_Not measured: no bench-hosts.json._\n'
+    f, p = data['figures'], data['parameters']
+    out = [table(['figure', 'median (min–max, runs)'], [
+        ('play over %s hosts with the lookup (forks %s, %s)' % (p['hosts'], p['forks'], p['module']),
+         stat(f['play_with_lookup_s'], ' s')),
+        ('the same play without the lookup', stat(f['play_without_lookup_s'], ' s')),
+        ('**overhead per host**', stat(f['overhead_per_host_ms'], ' ms')),
+        ('requests to the token endpoint per run (account with a kept token, cache empty at the start)',
+         stat(f['provider_token_requests_per_run'])),
+        ('discovery requests per run', stat(f['provider_discovery_requests_per_run'])),
+        ('Argon2id derivations per run, with the lookup', stat(f['argon2id_derivations_per_run'])),
+        ('Argon2id derivations per run, without it', stat(f['argon2id_derivations_without_lookup'])),
+        ('ratio of the medians, with / without', fmt(data['ratios'].get('with_vs_without'), 3)),
+    ])]
+    if plots.get('hosts'):
+        out += ['', '![Play wall time](evidence/%s)' % plots['hosts']]
+    return '\n'.join(out) + '\n'
+
+
+def provisioning_section(data, plots):
+    if not data:
+        return '_Not measured: no bench-provisioning.json._\n'
+    rows = []
+    for size, e in sorted(data['figures'].items(), key=lambda kv: int(kv[0])):
+        rows.append((size, stat(e['start_s'], ' s'), stat(e['teardown_s'], ' s'),
+                     fmt(e['exchanges_per_worker']['median']), fmt(e['revocations_per_worker']['median']),
+                     fmt(e['refreshes_per_worker_at_start']['median']), fmt(e['token_requests_per_worker']['median']),
+                     fmt(e['discovery_per_worker']['median'])))
+    p = data['parameters']
+    out = ['`job_start.yml` then `job_teardown.yml` at forks %s; each worker is a local inventory host with its own '
+           'Unix job user (become via su) and its own refresher (scheduler: %s). The physical limit is one exchange '
+           'and one revocation per worker.' % (p['forks'], p['scheduler']), '',
+           table(['workers', 'start: wall time', 'teardown: wall time', 'exchanges / worker', 'revocations / worker',
+                  'refreshes / worker at start', 'token-endpoint requests / worker', 'discovery requests / worker'],
+                 rows)]
+    if plots.get('provisioning'):
+        out += ['', '![Provisioning wall time](evidence/%s)' % plots['provisioning']]
+    return '\n'.join(out) + '\n'
+
+
+def plots_for(figures_dir, calls, hosts, provisioning):
+    os.makedirs(figures_dir, exist_ok=True)
+    plots = {}
+    if calls:
+        f = calls['figures']
+        bars = [('oidc-token NAME (oidc-agent)', f['oidc_token_per_call_ms']['median'], '#4c72b0'),
+                ('lookup, loaded, cache hit', f['lookup_loaded_per_call_ms']['median'], '#55a868'),
+                ('lookup in a play, per evaluation', f['lookup_in_play_per_call_ms']['median'], '#55a868'),
+                ('lookup, fresh worker, cache hit', f['lookup_fresh_worker_cache_hit_ms']['median'], '#55a868'),
+                ('lookup, fresh worker, no cache', f['lookup_fresh_worker_no_cache_ms']['median'], '#dd8452'),
+                ('ansible -m debug with the lookup', f['ansible_adhoc_lookup_per_call_ms']['median'], '#c44e52')]
+        if bar_svg(os.path.join(figures_dir, 'token-calls.svg'), 'Access token, time per call (median, log scale)',
+                   bars, 'ms', log=True):
+            plots['calls'] = 'token-calls.svg'
+    if hosts:
+        f = hosts['figures']
+        n = hosts['parameters']['hosts']
+        if bar_svg(os.path.join(figures_dir, 'play-hosts.svg'), 'A play over %d hosts, wall time (median)' % n,
+                   [('with the lookup', f['play_with_lookup_s']['median'], '#55a868'),
+                    ('without the lookup', f['play_without_lookup_s']['median'], '#4c72b0')], 's'):
+            plots['hosts'] = 'play-hosts.svg'
+    if provisioning:
+        bars = []
+        for size, e in sorted(provisioning['figures'].items(), key=lambda kv: int(kv[0])):
+            bars.append(('%s workers: start' % size, e['start_s']['median'], '#55a868'))
+            bars.append(('%s workers: teardown' % size, e['teardown_s']['median'], '#4c72b0'))
+        if bar_svg(os.path.join(figures_dir, 'provisioning.svg'), 'job_tokens at forks 20, wall time (median)', bars,
+                   's'):
+            plots['provisioning'] = 'provisioning.svg'
+    return plots
+
+
+def main(json_dir, md_path):
+    suites = load(json_dir, 'suites.json')
+    faults, concurrency = load(json_dir, 'faults.json'), load(json_dir, 'concurrency.json')
+    security, bad = load(json_dir, 'security.json'), load(json_dir, 'bad_input.json')
+    store, calls = load(json_dir, 'bench-store.json'), load(json_dir, 'bench-calls.json')
+    hosts, provisioning = load(json_dir, 'bench-hosts.json'), load(json_dir, 'bench-provisioning.json')
+    figures_dir = os.path.join(os.path.dirname(os.path.abspath(md_path)), 'evidence')
+    plots = plots_for(figures_dir, calls, hosts, provisioning)
+    any_suite = faults or concurrency or security or bad
+    machine = machine_line(faults or concurrency or security or bad or store)
+    bench_machine = machine_line(store or calls or hosts or provisioning)
+
+    out = ['# Evidence: reliability, security, performance', '',
+           '<!-- Generated by tests/support/evidence_report.py from docs/evidence/*.json; run scripts/evidence. -->',
+           '',
+           'What users of a credential tool should not have to take on trust, measured against a real '
+           'node-oidc-provider on 127.0.0.1 (rotating refresh tokens with reuse detection), Debian\'s oidc-agent '
+           'and the collection driven the way users drive it: `ansible-playbook`, the lookup in a play, the '
+           'role\'s on-host refresher, and the Python layer the modules call.', '',
+           '## Reproduce', '',
+           '```sh',
+           'scripts/evidence           # suites + benchmarks; rewrites docs/evidence/*.json and this page',
+           'scripts/evidence --ci      # the CI subset: faults, concurrency and crashes, security scan, bad input',
+           'scripts/evidence --report  # this page again from docs/evidence/*.json',
+           '```', '',
+           'Needs what `scripts/setup` installs and root (the security scan and the provisioning benchmark create '
+           'Unix job users and remove them). The suites live in `tests/evidence/` (pytest; they reuse the fixtures '
+           'of `tests/functional/`), the benchmarks in `tests/benchmarks/`. Each suite prints its counts at the end '
+           '(`.venv/bin/python -m pytest tests/evidence -q`). No test asserts a time; the benchmarks assert nothing.',
+           '',
+           table(['file', 'what it shows', 'alone'], [
+               ('`tests/evidence/test_faults.py`', 'faults between client and provider, for every path',
+                '`.venv/bin/python -m pytest tests/evidence/test_faults.py`'),
+               ('`tests/evidence/test_concurrency.py`', '50 processes x 20 rounds; kill -9 of writers and of the '
+                'refresher', '`... tests/evidence/test_concurrency.py`'),
+               ('`tests/evidence/test_security_scan.py`', 'secrets in outputs and files at -vvvv; modes under umask '
+                '000', '`... tests/evidence/test_security_scan.py` (root)'),
+               ('`tests/evidence/test_bad_input.py`', 'the bad-input corpus', '`... tests/evidence/test_bad_input.py '
+                '-k CASE`'),
+               ('`tests/benchmarks/bench_store_runs.py`', 'Argon2id and the store', '`.venv/bin/python '
+                'tests/benchmarks/bench_store_runs.py`'),
+               ('`tests/benchmarks/bench_token_calls.py`', 'oidc-token against the lookup, per call', '`... '
+                'bench_token_calls.py`'),
+               ('`tests/benchmarks/bench_play_hosts.py`', 'a play over 1000 hosts with and without the lookup',
+                '`... bench_play_hosts.py --hosts 1000`'),
+               ('`tests/benchmarks/bench_provisioning.py`', 'job_tokens start/teardown for 10, 50, 200 workers',
+                '`... bench_provisioning.py --workers 10,50,200` (root)'),
+           ]), '',
+           'The helpers: `tests/support/fault_proxy.py` (the fault-injecting proxy, also a recording proxy for the '
+           'secret scan), `tests/support/evidence.py` (running Ansible as users do, accounts, modes, the secret '
+           'scanner, the refresher), `tests/support/callback_plugins/oidc_evidence_results.py` (task results for '
+           'the assertions, without tokens), `tests/support/marked_refresher.py` (the refresher with step marks for '
+           'the crash test), `tests/support/evidence_report.py` (this page).', '']
+    if suites:
+        out += ['Last suite run: %s s wall time for the four suites (two pytest processes side by side), exit status '
+                '%s, %s.' % (suites['seconds'], 'passed' if not any(suites['exit_status'].values()) else 'FAILED',
+                             suites['date_utc']), '']
+    if machine:
+        out += ['Suites measured on: %s.' % machine, '']
+    if bench_machine and bench_machine != machine:
+        out += ['Benchmarks measured on: %s.' % bench_machine, '']
+    out += ['## Reliability: faults', '', faults_section(faults), '',
+            '## Reliability: concurrency and crashes', '', concurrency_section(concurrency), '',
+            '## Security: where the secrets go', '',
+            'Every flow of the integration targets at `-vvvv` with `ANSIBLE_LOG_PATH` (modules, lookup, '
+            '`oidc_account(_info)`, failing tasks, check and diff mode; the role `job_tokens` through '
+            '`job_run.yml` for a real job user, whose refresher rotates refresh tokens during the job), then every '
+            'output and every file left (and the job user\'s files as they were while the job ran) searched for '
+            'every secret value that crossed the wire or was used, in raw, URL-encoded, JSON-escaped and base64 '
+            'forms.', '', security_section(security), '',
+            '## Security: bad input', '', bad_input_section(bad), '',
+            '## Performance', '',
+            'Benchmarks, not tests: each prints its figures; medians of several runs, each figure says how many. '
+            'The machine was shared with other work while they ran; compare figures of one run with each other '
+            'rather than with another machine.', '',
+            '### The account store', '', store_section(store), '',
+            '### oidc-token against the lookup', '', calls_section(calls, plots), '',
+            '### A play over many hosts', '', hosts_section(hosts, plots), '',
+            '### Provisioning workers with job_tokens', '', provisioning_section(provisioning, plots), '',
+            '## Findings', '',
+            'What the suites found in the collection (file and line as of this run), and the limits they '
+            'measure:', '']
+    for kind, title, where, fix in FINDINGS:
+        if kind == 'fixed':
+            out += ['- **%s** (found by the suites, fixed). %s *Fix:* %s' % (title, where, fix)]
+        else:
+            out += ['- **%s** (%s). %s *Suggested:* %s' % (title, kind, where, fix)]
+    out.append('')
+    if not any_suite:
+        out.insert(6, '_No suite figures yet: run scripts/evidence._\n')
+    with open(md_path + '.tmp', 'w', encoding='utf-8') as handle:
+        handle.write('\n'.join(out))
+    os.replace(md_path + '.tmp', md_path)
+    print('wrote %s (plots: %s)' % (md_path, ', '.join(sorted(plots.values())) or 'none'))
+    return 0
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 3:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(sys.argv[1], sys.argv[2]))
