@@ -69,7 +69,7 @@ def report(args, runs, final=True):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--hosts', type=int, default=1000)
     parser.add_argument('--forks', type=int, default=20)
     parser.add_argument('--runs', type=int, default=5)

@@ -74,7 +74,7 @@ def one_run():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--out')
     parser.add_argument('--one', action='store_true', help=argparse.SUPPRESS)

@@ -67,7 +67,7 @@ def in_fork(fn):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--calls', type=int, default=200)
     parser.add_argument('--play-calls', type=int, default=1000, help='lookup evaluations in one task loop')

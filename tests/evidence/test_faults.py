@@ -276,7 +276,7 @@ class Case(object):
 
 def prepare(site, case):
     if case.operation == 'exchange':
-        case.name = 'exchange-%s' % case.kind.name
+        case.name = '%s-%s' % ('exchange' if case.layer == 'python' else 'ansible-exchange', case.kind.name)
         case.subject = site.provider.user_access_token()
     else:
         case.name = case.name or site.new_account(case.operation)
@@ -371,28 +371,24 @@ def test_refresh_under_fault(site, python_layer, kind):
     check_refresh_case(site, python_layer[(kind.name, 'refresh')], 'refresh under %s' % kind.name)
 
 
-@pytest.mark.parametrize('kind', KINDS, ids=KIND_IDS)
-def test_exchange_under_fault(site, python_layer, kind):
+def check_exchange_case(site, case, what):
     """oidc_token_exchange: on failure no account is written; a lost answer leaves an orphan grant."""
-    case = python_layer[(kind.name, 'exchange')]
-    expect(case.outcome, case.expected, 'exchange under %s' % kind.name)
+    expect(case.outcome, case.expected, what)
     if case.outcome[0] == 'ok':
         assert rt_active(site.provider, site.rt(case.name))
     else:
         assert not site.store.exists(case.name), 'a failed exchange wrote an account'
-        if kind.grant == 'lost':
+        if case.kind.grant == 'lost':
             LEDGER.add(SUITE, 'orphan grants (exchange answered, answer lost)')
-    record(kind, 'python', 'exchange', case.outcome,
+    record(case.kind, case.layer, case.operation, case.outcome,
            not site.store.exists(case.name) if case.outcome[0] != 'ok' else None,
-           'orphan' if case.outcome[0] != 'ok' and kind.grant == 'lost' else None, None)
+           'orphan' if case.outcome[0] != 'ok' and case.kind.grant == 'lost' else None, None)
     check_accounts(site, case.name)
 
 
-@pytest.mark.parametrize('kind', KINDS, ids=KIND_IDS)
-def test_revoke_under_fault(site, python_layer, kind):
+def check_revoke_case(site, case, what):
     """oidc_revoke: revocation is idempotent, so it is retried; when it fails the account is kept."""
-    case = python_layer[(kind.name, 'revoke')]
-    expect(case.outcome, case.expected, 'revoke under %s' % kind.name)
+    expect(case.outcome, case.expected, what)
     if case.outcome[0] == 'ok':
         assert not site.store.exists(case.name)
         assert not rt_active(site.provider, case.rt_before), 'the account was removed but its RT is still active'
@@ -401,21 +397,44 @@ def test_revoke_under_fault(site, python_layer, kind):
         identical = sha(site.store.path(case.name)) == case.file_before
         assert identical, 'a failed revocation changed the account file'
         assert rt_active(site.provider, case.rt_before)
-    record(kind, 'python', 'revoke', case.outcome, identical, None, None)
+    record(case.kind, case.layer, case.operation, case.outcome, identical, None, None)
     check_accounts(site, case.name)
+
+
+@pytest.mark.parametrize('kind', KINDS, ids=KIND_IDS)
+def test_exchange_under_fault(site, python_layer, kind):
+    """oidc_token_exchange: on failure no account is written; a lost answer leaves an orphan grant."""
+    check_exchange_case(site, python_layer[(kind.name, 'exchange')], 'exchange under %s' % kind.name)
+
+
+@pytest.mark.parametrize('kind', KINDS, ids=KIND_IDS)
+def test_revoke_under_fault(site, python_layer, kind):
+    """oidc_revoke: revocation is idempotent, so it is retried; when it fails the account is kept."""
+    check_revoke_case(site, python_layer[(kind.name, 'revoke')], 'revoke under %s' % kind.name)
 
 
 # -- the module and the lookup, through ansible-playbook -------------------------------------------------
 
-def user_tasks():
+ANSIBLE_TASKS = ('module', 'lookup', 'exchange', 'revoke')
+
+
+def user_tasks(tasks=ANSIBLE_TASKS):
     common = {'config_dir': '{{ config_dir }}', 'encryption_password_env': PW_ENV, 'timeout': TIMEOUT}
     lookup = ("{{ lookup('oidc.tokens.oidc_token', lookup_account, config_dir=config_dir, "
               "encryption_password_env='%s', timeout=%d) | length > 20 }}" % (PW_ENV, TIMEOUT))
-    return [
-        {'name': 'module', 'oidc.tokens.oidc_token': dict(common, name='{{ module_account }}'),
-         'register': 'module_result', 'ignore_errors': True},
-        {'name': 'lookup', 'ansible.builtin.set_fact': {'lookup_ok': lookup}, 'ignore_errors': True},
-    ]
+    exchange = dict(common, name='{{ exchange_account }}', issuer='{{ issuer }}', client_id=EXCHANGER,
+                    client_secret="{{ lookup('ansible.builtin.env', 'EV_SECRET') }}",
+                    subject_token="{{ lookup('ansible.builtin.env', 'EV_SUBJECT_' ~ inventory_hostname) }}",
+                    scope=SCOPE)
+    all_tasks = {
+        'module': {'name': 'module', 'oidc.tokens.oidc_token': dict(common, name='{{ module_account }}'),
+                   'register': 'module_result', 'ignore_errors': True},
+        'lookup': {'name': 'lookup', 'ansible.builtin.set_fact': {'lookup_ok': lookup}, 'ignore_errors': True},
+        'exchange': {'name': 'exchange', 'oidc.tokens.oidc_token_exchange': exchange, 'ignore_errors': True},
+        'revoke': {'name': 'revoke', 'oidc.tokens.oidc_revoke': dict(common, name='{{ revoke_account }}'),
+                   'ignore_errors': True},
+    }
+    return [all_tasks[name] for name in tasks]
 
 
 def result_outcome(result):
@@ -431,8 +450,9 @@ def inventory(site, tag, hosts):
     return site.ansible.write_private('%s-inventory.yml' % tag, data)
 
 
-def run_user_play(site, hosts, tag):
-    run = site.ansible.playbook(play(user_tasks(), hosts='all'), extra_vars={'config_dir': site.config_dir},
+def run_user_play(site, hosts, tag, tasks=ANSIBLE_TASKS, env=None):
+    run = site.ansible.playbook(play(user_tasks(tasks), hosts='all'), env=env,
+                                extra_vars={'config_dir': site.config_dir, 'issuer': site.issuer},
                                 inventory=inventory(site, tag, hosts), forks=max(1, len(hosts)))
     assert run.rc == 0, run.stdout[-3000:] + run.stderr[-3000:]   # ignore_errors: the play itself completes
     return run
@@ -443,23 +463,25 @@ def ansible_layer(site):
     """The module and the lookup meeting every kind, through ansible-playbook: one play over one local
     host per kind (they run at once, each account's faults matched by its own RT); the kinds that
     refuse connections run one play each."""
-    cases = dict(((kind.name, task), Case(kind, 'ansible-playbook', task))
-                 for kind in KINDS for task in ('module', 'lookup'))
+    cases = dict(((kind.name, task), Case(kind, 'ansible-playbook', ANSIBLE_OPERATIONS[task]))
+                 for kind in KINDS for task in ANSIBLE_TASKS)
     prepare_all(site, cases.values())
-    hosts = dict((kind.name, {'module_account': cases[(kind.name, 'module')].name,
-                              'lookup_account': cases[(kind.name, 'lookup')].name}) for kind in KINDS)
+    hosts = dict((kind.name, dict(('%s_account' % task, cases[(kind.name, task)].name) for task in ANSIBLE_TASKS))
+                 for kind in KINDS)
+    env = {'EV_SECRET': site.provider.client(EXCHANGER)['client_secret']}
+    env.update(('EV_SUBJECT_%s' % kind.name, cases[(kind.name, 'exchange')].subject) for kind in KINDS)
     for kind in NON_REFUSAL:
-        for task in ('module', 'lookup'):
+        for task in ANSIBLE_TASKS:
             case = cases[(kind.name, task)]
-            site.inject(case.entries, TOKEN_POST, body=case.secret)
-    run = run_user_play(site, dict((k.name, hosts[k.name]) for k in NON_REFUSAL), 'faults')
+            site.inject(case.entries, TOKEN_POST if case.spends else REVOKE_POST, body=case.secret)
+    run = run_user_play(site, dict((k.name, hosts[k.name]) for k in NON_REFUSAL), 'faults', env=env)
     site.settle()
     runs = [run]
     for kind in REFUSAL:
-        for _task in ('module', 'lookup'):
+        for _task in ANSIBLE_TASKS:
             # The discovery is answered, then the provider's port refuses connections for a while.
             site.proxy.push('then_refuse:%s' % kind.refuse, match=DISCOVERY_GET)
-        runs.append(run_user_play(site, {kind.name: hosts[kind.name]}, kind.name))
+        runs.append(run_user_play(site, {kind.name: hosts[kind.name]}, kind.name, env=env))
         site.settle()
     for (kind_name, task), case in cases.items():
         results = [r for run in runs for r in run.results if r['host'] == kind_name and r['task'] == task]
@@ -468,12 +490,27 @@ def ansible_layer(site):
     return cases
 
 
+ANSIBLE_OPERATIONS = {'module': 'refresh', 'lookup': 'refresh', 'exchange': 'exchange', 'revoke': 'revoke'}
+
+
+@pytest.mark.parametrize('task', ['exchange', 'revoke'])
+@pytest.mark.parametrize('kind', KINDS, ids=KIND_IDS)
+def test_exchange_and_revoke_modules_under_fault(site, ansible_layer, kind, task):
+    """oidc.tokens.oidc_token_exchange and oidc.tokens.oidc_revoke in a play, meeting the fault."""
+    case = ansible_layer[(kind.name, task)]
+    what = '%s module under %s' % (task, kind.name)
+    if task == 'exchange':
+        check_exchange_case(site, case, what)
+    else:
+        check_revoke_case(site, case, what)
+
+
 @pytest.mark.parametrize('task', ['module', 'lookup'])
 @pytest.mark.parametrize('kind', KINDS, ids=KIND_IDS)
 def test_module_and_lookup_under_fault(site, ansible_layer, kind, task):
     """oidc.tokens.oidc_token (module) and lookup('oidc.tokens.oidc_token') in a play, meeting the fault."""
     case = ansible_layer[(kind.name, task)]
-    case.operation = 'oidc_token module' if task == 'module' else 'lookup'
+    case.operation = 'oidc_token module' if task == 'module' else 'lookup'   # refresh, as the table shows it
     if kind.refuse is not None and kind.refuse > TIMEOUT * 4 and task == 'lookup':
         # The provider's port is still closed when the lookup's worker asks for the discovery document.
         case.kind = Kind(kind.name, kind.what, ([], r'discovery.*failed after 4 attempt\(s\).*[Cc]onnection refused'),

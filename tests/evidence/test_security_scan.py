@@ -272,7 +272,7 @@ class Watcher(threading.Thread):
 @pytest.mark.skipif(not can_make_users(), reason='needs root, useradd, userdel and su (it creates a job user)')
 def test_flow_b_job_tokens_role(world):
     created = False
-    if subprocess.run(['getent', 'passwd', JOB_USER], capture_output=True).returncode != 0:
+    if subprocess.run(['getent', 'passwd', JOB_USER], capture_output=True, check=False).returncode != 0:
         subprocess.run(['useradd', '--create-home', '--shell', '/bin/bash', JOB_USER], check=True)
         created = True
     entry = pwd.getpwnam(JOB_USER)
@@ -340,8 +340,8 @@ def test_flow_b_job_tokens_role(world):
             watcher.stop()
         shutil.rmtree(shared, ignore_errors=True)
         if created:
-            subprocess.run(['crontab', '-r', '-u', JOB_USER], capture_output=True)
-            subprocess.run(['userdel', '-r', JOB_USER], capture_output=True)
+            subprocess.run(['crontab', '-r', '-u', JOB_USER], capture_output=True, check=False)
+            subprocess.run(['userdel', '-r', JOB_USER], capture_output=True, check=False)
 
 
 # -- the scan ------------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def scan_everything(world):
     journal = ''
     if shutil.which('journalctl') and os.path.isdir('/run/systemd/system'):
         journal = subprocess.run(['journalctl', '--no-pager', '-q', '--since', '-2h'], capture_output=True,
-                                 text=True, timeout=60).stdout
+                                 text=True, timeout=60, check=False).stdout
         hits.extend(scanner.scan_bytes(journal.encode(), 'systemd journal', patterns))
         LEDGER.add(SUITE, 'journal bytes scanned', len(journal))
     else:

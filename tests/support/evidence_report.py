@@ -18,23 +18,60 @@ import sys
 
 FINDINGS = [
     ('fixed', 'A JWT access token that fails verification is kept in the account',
-     'plugins/module_utils/_tokens.py, access_token(), lines 194-198: store.update() writes the refreshed account, including the new default access token in oidc_tokens.access_token, before verify_jwt() runs after the lock is released. When verification fails (alg none, another key: bad-input cases at-jwt-alg-none, at-jwt-wrong-key) the module fails, but the account file was rewritten and keeps the forged token: the next oidc_token with verify: false, the lookup without query, and the refresher hand it out from the account.',
-     'plugins/module_utils/_tokens.py: with verify, a refreshed JWT is now checked inside the account lock, before anything is written; an answer whose token fails verification changes nothing (bad-input cases at-jwt-alg-none, at-jwt-wrong-key assert that).'),
+     'plugins/module_utils/_tokens.py, access_token(), lines 194-198: store.update() writes the refreshed '
+     'account, including the new default access token in oidc_tokens.access_token, before verify_jwt() '
+     'runs after the lock is released. When verification fails (alg none, another key: bad-input cases '
+     'at-jwt-alg-none, at-jwt-wrong-key) the module fails, but the account file was rewritten and keeps '
+     'the forged token: the next oidc_token with verify: false, the lookup without query, and the '
+     'refresher hand it out from the account.',
+     'plugins/module_utils/_tokens.py: with verify, a refreshed JWT is now checked inside the account '
+     'lock, before anything is written; an answer whose token fails verification changes nothing '
+     '(bad-input cases at-jwt-alg-none, at-jwt-wrong-key assert that).'),
     ('fixed', 'The lookup ignores options it does not know',
-     'plugins/lookup/oidc_token.py, LookupModule.run(), line 244: set_options(direct=kwargs) drops unknown keyword arguments, so lookup(..., min_valid_perod=600) (a typo) silently uses the default 60 s (bad-input case lookup-unknown-option).',
-     'plugins/lookup/oidc_token.py: unknown keyword options now fail, naming them (bad-input case lookup-unknown-option).'),
+     'plugins/lookup/oidc_token.py, LookupModule.run(), line 244: set_options(direct=kwargs) drops unknown'
+     ' keyword arguments, so lookup(..., min_valid_perod=600) (a typo) silently uses the default 60 s '
+     '(bad-input case lookup-unknown-option).',
+     'plugins/lookup/oidc_token.py: unknown keyword options now fail, naming them (bad-input case '
+     'lookup-unknown-option).'),
     ('fixed', 'A refresh is replayed after a 502 or 504, which a gateway sends after the provider acted',
-     'plugins/module_utils/_oauth.py, line 67 (_NOT_PROCESSED_STATUSES = 502, 503, 504) and line 452: a request that spends a credential is retried after 502 and 504 as if the provider had not processed it (also docs/architecture.md, line 44). A reverse proxy answers 504 when the provider\'s answer came too late and 502 when it came broken: the provider may have rotated the refresh token. The retry replays the spent token, a provider with reuse detection revokes the grant, and the access token a job is still using dies with it (fault tests test_a_gateway_error_after_the_provider_acted_is_not_replayed[502/504], a fault kind "gateway:N" of the proxy: forward, then answer N).',
-     'plugins/module_utils/_oauth.py: a request that spends a credential is now repeated only after a 503; after a 502 or 504 it fails with the "may have reached the provider" message (fault tests test_a_gateway_error_after_the_provider_acted_is_not_replayed[502/504]).'),
+     'plugins/module_utils/_oauth.py, line 67 (_NOT_PROCESSED_STATUSES = 502, 503, 504) and line 452: a '
+     'request that spends a credential is retried after 502 and 504 as if the provider had not processed '
+     "it (also docs/architecture.md, line 44). A reverse proxy answers 504 when the provider's answer came"
+     ' too late and 502 when it came broken: the provider may have rotated the refresh token. The retry '
+     'replays the spent token, a provider with reuse detection revokes the grant, and the access token a '
+     'job is still using dies with it (fault tests '
+     'test_a_gateway_error_after_the_provider_acted_is_not_replayed[502/504], a fault kind "gateway:N" of '
+     'the proxy: forward, then answer N).',
+     'plugins/module_utils/_oauth.py: a request that spends a credential is now repeated only after a 503;'
+     ' after a 502 or 504 it fails with the "may have reached the provider" message (fault tests '
+     'test_a_gateway_error_after_the_provider_acted_is_not_replayed[502/504]).'),
     ('fixed', 'Asking for an account that does not exist leaves a lock file',
-     "plugins/module_utils/_account_store.py, AccountStore.update(), line 948: the lock .NAME.lock is created before _load() finds no account file; the empty lock file stays in the user's oidc-agent directory (bad-input case file-missing). The lookup likewise creates its cache directory and a lock file before it reads the account (plugins/lookup/oidc_token.py, token(), line 313).",
-     'plugins/module_utils/_account_store.py: update() now checks that the account exists before it takes the lock. The lookup still creates its cache directory and lock file before the store says the account is missing.'),
+     'plugins/module_utils/_account_store.py, AccountStore.update(), line 948: the lock .NAME.lock is '
+     "created before _load() finds no account file; the empty lock file stays in the user's oidc-agent "
+     'directory (bad-input case file-missing). The lookup likewise creates its cache directory and a lock '
+     'file before it reads the account (plugins/lookup/oidc_token.py, token(), line 313).',
+     'plugins/module_utils/_account_store.py: update() now checks that the account exists before it takes '
+     'the lock. The lookup still creates its cache directory and lock file before the store says the '
+     'account is missing.'),
     ('performance', 'Every token request derives the account key under the account lock',
-     'plugins/module_utils/_account_store.py, update(), lines 948-949: _load() (one Argon2id derivation, about 80 ms and 64 MiB) runs while the lock is held, so N processes asking for one account at once take N x 80 ms one after another, even when they all reuse the kept access token (the 50-process test: about 4-6 s per round; only one core works).',
-     'update() re-encrypts with the same salt, so the key can be derived before the lock: read the file, derive from its salt, take the lock, read again and reuse the key when the salt is unchanged (derive again only when another writer changed the salt, e.g. oidc-agent or change_password).'),
+     'plugins/module_utils/_account_store.py, update(), lines 948-949: _load() (one Argon2id derivation, '
+     'about 80 ms and 64 MiB) runs while the lock is held, so N processes asking for one account at once '
+     'take N x 80 ms one after another, even when they all reuse the kept access token (the 50-process '
+     'test: about 4-6 s per round; only one core works).',
+     'update() re-encrypts with the same salt, so the key can be derived before the lock: read the file, '
+     'derive from its salt, take the lock, read again and reuse the key when the salt is unchanged (derive'
+     ' again only when another writer changed the salt, e.g. oidc-agent or change_password).'),
     ('limit', 'A refresh whose answer is lost costs the grant',
-     "When the provider rotated the refresh token but the answer never arrived (connection reset after the provider acted, an answer cut off, a request that stalled past the client timeout and was processed later, or the process killed between the provider's answer and the rename of the new file), the account keeps the spent refresh token. The collection does not replay it blindly (it is not retried), but the next use does, and a provider with reuse detection then revokes the grant. No client can avoid this; providers with a reuse grace period (Keycloak) or without reuse detection do not punish the replay.",
-     'Documented. The message on the next use says to exchange a fresh subject token. The kill -9 counts show how rare the window is (a few per cent of random kills of a process refreshing in a tight loop).'),
+     'When the provider rotated the refresh token but the answer never arrived (connection reset after the'
+     ' provider acted, an answer cut off, a request that stalled past the client timeout and was processed'
+     " later, or the process killed between the provider's answer and the rename of the new file), the "
+     'account keeps the spent refresh token. The collection does not replay it blindly (it is not '
+     'retried), but the next use does, and a provider with reuse detection then revokes the grant. No '
+     'client can avoid this; providers with a reuse grace period (Keycloak) or without reuse detection do '
+     'not punish the replay.',
+     'Documented. The message on the next use says to exchange a fresh subject token. The kill -9 counts '
+     'show how rare the window is (a few per cent of random kills of a process refreshing in a tight '
+     'loop).'),
 ]
 
 
@@ -86,7 +123,7 @@ def machine_line(data):
                                          ', load %s at the start' % m['load_avg_1m'] if 'load_avg_1m' in m else '',
                                          m.get('mem_total_mib', '?')),
              m.get('os', ''), 'Linux %s' % m.get('kernel', '?'), 'Python %s' % m.get('python')]
-    parts += ['%s %s' % (k, v) for k, v in sorted(versions.items()) if v]
+    parts += [v if str(v).startswith(k) else '%s %s' % (k, v) for k, v in sorted(versions.items()) if v]
     commit = m.get('git_commit')
     if commit:
         parts.append('commit %s%s' % (commit, ' + local changes' if m.get('git_dirty') else ''))
@@ -151,6 +188,8 @@ def counts_table(data, keys):
 
 LAYERS = [('python', 'refresh', 'refresh'), ('python', 'exchange', 'exchange'), ('python', 'revoke', 'revoke'),
           ('ansible-playbook', 'oidc_token module', 'module oidc_token'), ('ansible-playbook', 'lookup', 'lookup'),
+          ('ansible-playbook', 'exchange', 'module oidc_token_exchange'),
+          ('ansible-playbook', 'revoke', 'module oidc_revoke'),
           ('refresher', 'once', 'refresher once')]
 
 
