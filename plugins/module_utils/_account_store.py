@@ -942,8 +942,9 @@ class AccountStore(object):
         lock and then sees the new file, so it never replays a spent refresh token.
         """
         path = self.path(name)
-        if not self.exists(name):
-            # Checked before the lock, so that asking for a missing account leaves no lock file behind.
+        if not os.path.lexists(path):
+            # Checked before the lock, so that asking for a missing account leaves no lock file behind
+            # (lexists: a symbolic link in its place is refused with its own message when read).
             raise AccountNotFoundError('No account %r: %s does not exist.' % (name, path),
                                        account=name, path=path)
         with self.locked(name) as lock_path:
