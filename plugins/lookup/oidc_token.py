@@ -309,9 +309,14 @@ class LookupModule(LookupBase):
                                   self.get_option('issuer'), self.get_option('client_id'))
         cache = cache_mod.TokenCache(self.get_option('cache_dir') or cache_mod.default_cache_dir())
 
+        stamp = cache_mod.account_stamp(account_path)
+        if stamp is None:
+            # No account file (or not a regular file): the store says what is wrong, and the cache
+            # directory and lock are not created for an account that is not there.
+            return self._fetch(name, force, claims or 'decode')
         if not force:
             entry = cache.read(account, key)
-            if cache_mod.usable(entry, time.time(), min_valid_period, cache_mod.account_stamp(account_path), claims):
+            if cache_mod.usable(entry, time.time(), min_valid_period, stamp, claims):
                 return entry
 
         with cache.locked(account, name):

@@ -854,12 +854,14 @@ class AccountStore(object):
         self.last_kdf_seconds = elapsed
         return key
 
-    def _load(self, name, password):
+    def _load(self, name, password, key=None):
+        """(account, key, parsed); ``key`` (a _Key) is reused when the file's salt is still its salt."""
         path = self.path(name)
         pw = _password_bytes(password, account=name, path=path)
         _require_nacl()
         parsed = self._read_parsed(name, path)
-        key = self._derive(pw, parsed.salt)
+        if key is None or not hmac.compare_digest(key.salt, parsed.salt):
+            key = self._derive(pw, parsed.salt)
         plaintext = decrypt_parsed(parsed, key, account=name, path=path)
         account = _account_from_plaintext(plaintext, account=name, path=path)
         return account, key, parsed
@@ -933,22 +935,23 @@ class AccountStore(object):
     def update(self, name, password, fn):
         """The one locked read -> ``fn`` -> write sequence.
 
-        Under the account's lock: decrypt the file (one derivation), call ``fn(account)``, which
-        returns ``(new_account_or_None, result)``. A new account is written atomically, with the
-        same salt and key and a fresh nonce (no second derivation), before ``result`` is
-        returned; ``AccountStore.DELETE`` instead of an account removes the file under the same
-        lock (after a revocation, so no refresh can slip in between). If ``fn`` raises, nothing is written and the exception propagates; the lock is
-        released in every case. A second process calling ``update`` meanwhile waits for the
-        lock and then sees the new file, so it never replays a spent refresh token.
+        Under the account's lock: decrypt the file, call ``fn(account)``, which returns
+        ``(new_account_or_None, result)``. A new account is written atomically, with the same salt
+        and key and a fresh nonce, before ``result`` is returned; ``AccountStore.DELETE`` instead of
+        an account removes the file under the same lock (after a revocation, so no refresh can slip
+        in between). One Argon2id derivation, outside the lock. If ``fn`` raises, nothing is written
+        and the exception propagates; the lock is released in every case. A second process calling
+        ``update`` meanwhile waits for the lock and then sees the new file, so it never replays a
+        spent refresh token.
         """
         path = self.path(name)
-        if not os.path.lexists(path):
-            # Checked before the lock, so that asking for a missing account leaves no lock file behind
-            # (lexists: a symbolic link in its place is refused with its own message when read).
-            raise AccountNotFoundError('No account %r: %s does not exist.' % (name, path),
-                                       account=name, path=path)
+        # The key is derived before the lock, from the salt the file has now, so concurrent callers do not
+        # queue behind each other's Argon2id (64 MiB, ~0.1 s each). Under the lock the file is read again
+        # and the key derived again only if its salt changed meanwhile (save, change_password, oidc-agent).
+        # A missing account, a wrong password or a damaged file is reported here, before a lock file exists.
+        _account, key, _parsed = self._load(name, password)
         with self.locked(name) as lock_path:
-            account, key, _parsed = self._load(name, password)
+            account, key, _parsed = self._load(name, password, key)
             new_account, result = fn(account)
             if new_account is self.DELETE:
                 self._delete_locked(name, path, lock_path)

@@ -10,7 +10,7 @@ each with its own Unix job user, become via su): wall time, and requests per wor
 
 The physical limit per worker is one token exchange (start) and one revocation (teardown); the
 provider's own counters say how close the role gets. Each worker installs the refresher under its own
-prefix, as separate hosts would. Needs root: it creates the job users oidcb001... and removes them
+prefix, as separate hosts would. Needs root: it creates the job users oidcb<random>001... and removes them
 at the end. Runs stop being added for a size once --budget-minutes is spent (never fewer than one);
 the figures say how many runs each median is of. A script that prints figures, not a test.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,8 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
-USER_PREFIX = 'oidcb'
+# Job users of this run only: oidcb<4 hex><3 digits> (runs on one machine at once must not share them).
+USER_PREFIX = 'oidcb%s' % secrets.token_hex(2)
 
 
 def ensure_users(count):

@@ -146,8 +146,8 @@ def test_fifty_processes_twenty_times_one_account(op, tmp_path):
     LEDGER.row(SUITE, test='%d processes x %d rounds, one account' % (PROCESSES, ROUNDS), at_ttl=AT_TTL,
                min_valid_period=MIN_VALID, median_round_seconds=round(sorted(round_seconds)[len(round_seconds) // 2], 2),
                **totals)
-    LEDGER.note(SUITE, 'each of the %d processes derives the account key once under the account lock, so a round '
-                'takes about %d x one Argon2id derivation' % (PROCESSES, PROCESSES))
+    LEDGER.note(SUITE, 'each of the %d processes derives the account key once, before it waits for the account '
+                'lock, so the derivations of a round run side by side on every core' % PROCESSES)
     assert totals['refreshes_at_provider'] == totals['refreshes_needed'] > 0
 
 

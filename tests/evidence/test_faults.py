@@ -591,12 +591,13 @@ def test_refresher_once_under_fault(site, refresher_layer, kind):
 
 
 def test_refresher_loop_keeps_serving_the_valid_token_through_faults(provider_factory, tmp_path):
-    """oidc-tokens-refresher run against 5 s access tokens while faults hit one refresh after another:
-    a job reading the bearer-token file never finds it missing or holding an inactive token."""
-    s = Site(provider_factory, tmp_path / 'loop', at_ttl=5)
+    """oidc-tokens-refresher run against 8 s access tokens while faults hit one refresh after another:
+    a job reading the bearer-token file never finds it missing or holding an inactive token. (The
+    refresher refreshes when about 4 s are left; a failed pass costs at most about 1.5 s here.)"""
+    s = Site(provider_factory, tmp_path / 'loop', at_ttl=8)
     try:
         name = s.new_account('loop')
-        job = RefresherJob(tmp_path / 'job', s.config_dir, name, PASSWORD, min_valid_period=1, refresh_margin=1.5,
+        job = RefresherJob(tmp_path / 'job', s.config_dir, name, PASSWORD, min_valid_period=2, refresh_margin=2,
                            retry_min=0.3, retry_max=0.6, provider={'timeout': 1, 'retries': 1})
         proc = job.start()
         seen = {'reads': 0, 'missing': 0, 'inactive': 0, 'tokens': set()}

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import stat
 import subprocess
@@ -51,7 +52,8 @@ SUITE = 'security'
 PASSWORD = 'Sec-scan: account pw %+&/ 7c1e'
 JOB_PASSWORD = 'Job-account pw 4b9d &%+/ 0a2'
 WRONG_PASSWORD = 'wrong password 91f0e2'
-JOB_USER = 'oidcevsec'
+# A job user of this run only (runs on one machine at once must not share it).
+JOB_USER = 'oidcev%s' % secrets.token_hex(3)
 ACCOUNT = 'job1'
 
 
@@ -69,8 +71,10 @@ print(r.json()['access_token'])
 class World(object):
     def __init__(self, provider_factory, workdir):
         self.dir = str(workdir)
-        # Access tokens live 4 s: the refresher rotates refresh tokens several times while the job runs.
-        self.op, self.proxy = proxied_provider(provider_factory, record_secrets=True, at_ttl=4)
+        # Exchanged access tokens live 4 s, so the refresher rotates refresh tokens several times while the
+        # job runs; the user's own (subject) tokens live 120 s, so a busy controller cannot let one expire
+        # between templating a task and the module's exchange.
+        self.op, self.proxy = proxied_provider(provider_factory, record_secrets=True, at_ttl=4, user_at_ttl=120)
         self.issuer = self.proxy.url
         self.scanner = SecretScanner()
         self.observed = {}        # path -> set of contents seen while a flow ran
@@ -78,7 +82,7 @@ class World(object):
         self.runs = []
         self.mode_checks = 0
         self.mode_violations = []
-        # A fresh subject token each time a task templates it (access tokens live 4 s here).
+        # A fresh subject token each time a task templates it.
         self.subject_helper = os.path.join(self.dir, 'subject_token.py')
         with open(self.subject_helper, 'w', encoding='utf-8') as handle:
             handle.write(SUBJECT_SCRIPT % sys.executable)

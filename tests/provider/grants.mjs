@@ -184,10 +184,10 @@ export function registerGrants(provider, env) {
 
   // The same rules node-oidc-provider's own grants apply when they mint an access token.
   async function issueAccessToken(ctx, {
-    client, accountId, grant, grantId, scopes, targets, gty, act,
+    client, accountId, grant, grantId, scopes, targets, gty, act, expiresIn,
   }) {
     const at = new AccessToken({
-      accountId, client, grantId, gty,
+      accountId, client, grantId, gty, expiresIn,
     });
     if (targets.length) {
       const [target] = targets; // an access token has a single audience
@@ -352,7 +352,7 @@ export function registerGrants(provider, env) {
       client, accountId: account.accountId, grant, grantId, scopes, targets, gty: GRANT_PASSWORD,
     };
 
-    const { at, value: atValue } = await issueAccessToken(ctx, common);
+    const { at, value: atValue } = await issueAccessToken(ctx, { ...common, expiresIn: env.userAtTtl });
     const body = {
       access_token: atValue,
       token_type: at.tokenType,

@@ -4,6 +4,7 @@
 //   node server.mjs [--port 0] [--host 127.0.0.1] [--issuer-host HOST | --issuer URL]
 //                   [--tls-cert FILE --tls-key FILE]
 //                   [--access-token-format opaque|jwt] [--at-ttl SECONDS] [--rt-ttl SECONDS]
+//                   [--user-at-ttl SECONDS]
 //                   [--exchange-shape common|strict] [--discovery openid|oauth]
 //                   [--config config.json] [--exit-on-stdin-close]
 //
@@ -42,6 +43,7 @@ try {
       'access-token-format': { type: 'string', default: 'opaque' },
       'at-ttl': { type: 'string', default: '60' },
       'rt-ttl': { type: 'string', default: '3600' },
+      'user-at-ttl': { type: 'string' },
       'exchange-shape': { type: 'string', default: 'common' },
       discovery: { type: 'string', default: 'openid' },
       config: { type: 'string', default: path.join(HERE, 'config.json') },
@@ -56,7 +58,7 @@ try {
 
 if (args.help) {
   process.stderr.write(`usage: node server.mjs [--port N] [--host H] [--issuer-host H | --issuer URL] [--tls-cert F --tls-key F]
-  [--access-token-format opaque|jwt] [--at-ttl S] [--rt-ttl S] [--exchange-shape common|strict]
+  [--access-token-format opaque|jwt] [--at-ttl S] [--rt-ttl S] [--user-at-ttl S] [--exchange-shape common|strict]
   [--discovery openid|oauth] [--config FILE] [--exit-on-stdin-close]\n`);
   process.exit(0);
 }
@@ -76,6 +78,9 @@ const port = Number(args.port);
 if (!Number.isInteger(port) || port < 0 || port > 65535) fail('--port must be 0..65535');
 const atTtl = positiveInt('at-ttl');
 const rtTtl = positiveInt('rt-ttl');
+// The user's own login (password grant) may outlive the exchanged tokens: a subject token
+// must survive the way to the exchange while refreshes still come every few seconds.
+const userAtTtl = args['user-at-ttl'] === undefined ? atTtl : positiveInt('user-at-ttl');
 const accessTokenFormat = oneOf('access-token-format', ['opaque', 'jwt']);
 const exchangeShape = oneOf('exchange-shape', ['common', 'strict']);
 const discoveryMode = oneOf('discovery', ['openid', 'oauth']);
@@ -181,7 +186,7 @@ function resourceServerInfo() {
 // the token exchange can refuse a JWT subject token whose grant was revoked.
 const jwtAccessTokens = new Map();
 const jwtSweep = setInterval(() => {
-  const limit = Date.now() - (atTtl + 60) * 1000;
+  const limit = Date.now() - (Math.max(atTtl, userAtTtl) + 60) * 1000;
   for (const [jti, entry] of jwtAccessTokens) {
     if (entry.seen < limit) jwtAccessTokens.delete(jti);
   }
@@ -264,6 +269,7 @@ registerGrants(provider, {
   exchangeShape,
   defaultResource: accessTokenFormat === 'jwt' ? DEFAULT_RESOURCE : undefined,
   resourceServerInfo,
+  userAtTtl,
   signingKeys,
   jwtAccessTokens,
 });
@@ -490,6 +496,7 @@ const ready = {
   discovery: discoveryMode,
   at_ttl: atTtl,
   rt_ttl: rtTtl,
+  user_at_ttl: userAtTtl,
   oidc_provider_version: JSON.parse(fs.readFileSync(path.join(HERE, 'node_modules', 'oidc-provider', 'package.json'), 'utf8')).version,
 };
 process.stderr.write(`test-provider: listening on ${url}, issuer ${issuer}\n`);

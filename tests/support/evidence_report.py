@@ -46,21 +46,27 @@ FINDINGS = [
      ' after a 502 or 504 it fails with the "may have reached the provider" message (fault tests '
      'test_a_gateway_error_after_the_provider_acted_is_not_replayed[502/504]).'),
     ('fixed', 'Asking for an account that does not exist leaves a lock file',
-     'plugins/module_utils/_account_store.py, AccountStore.update(), line 948: the lock .NAME.lock is '
-     "created before _load() finds no account file; the empty lock file stays in the user's oidc-agent "
-     'directory (bad-input case file-missing). The lookup likewise creates its cache directory and a lock '
-     'file before it reads the account (plugins/lookup/oidc_token.py, token(), line 313).',
-     'plugins/module_utils/_account_store.py: update() now checks that the account exists before it takes '
-     'the lock. The lookup still creates its cache directory and lock file before the store says the '
-     'account is missing.'),
-    ('performance', 'Every token request derives the account key under the account lock',
-     'plugins/module_utils/_account_store.py, update(), lines 948-949: _load() (one Argon2id derivation, '
-     'about 80 ms and 64 MiB) runs while the lock is held, so N processes asking for one account at once '
-     'take N x 80 ms one after another, even when they all reuse the kept access token (the 50-process '
-     'test: about 4-6 s per round; only one core works).',
-     'update() re-encrypts with the same salt, so the key can be derived before the lock: read the file, '
-     'derive from its salt, take the lock, read again and reuse the key when the salt is unchanged (derive'
-     ' again only when another writer changed the salt, e.g. oidc-agent or change_password).'),
+     'plugins/module_utils/_account_store.py, AccountStore.update(): the lock .NAME.lock is created before '
+     "_load() finds no account file; the empty lock file stays in the user's oidc-agent directory "
+     '(bad-input case file-missing). The lookup likewise creates its cache directory and a lock file before '
+     'it reads the account (plugins/lookup/oidc_token.py, token()).',
+     'update() now reads and decrypts the file before it takes the lock, so a missing account, a wrong '
+     'password or a damaged file leaves no lock file; the lookup asks the store directly when there is no '
+     'account file, before it makes a cache directory or lock (unit tests '
+     'test_update_of_a_missing_account_leaves_no_lock_file, '
+     'test_missing_account_creates_no_cache_directory_or_lock). For an account file that exists but does not'
+     ' open (wrong password, damaged), the lookup still leaves its own cache directory with an empty lock '
+     'file under XDG_RUNTIME_DIR (bad-input cases lookup-wrong-password, lookup-corrupt).'),
+    ('fixed', 'Every token request derived the account key under the account lock (performance)',
+     'plugins/module_utils/_account_store.py, update(): _load() (one Argon2id derivation, about 80 ms and '
+     '64 MiB) ran while the lock was held, so N processes asking for one account at once took N x 80 ms one '
+     'after another, even when they all reused the kept access token (the 50-process test: about 4-6 s per '
+     'round; only one core worked).',
+     'update() derives the key before the lock from the salt the file has, then reads the file again under '
+     'the lock and reuses the key while the salt is unchanged (it derives again only when another writer, '
+     'e.g. oidc-agent or change_password, gave the file a new salt). Unit tests '
+     'test_update_derives_its_key_while_another_process_holds_the_lock, '
+     'test_update_derives_again_when_the_file_got_a_new_salt_meanwhile.'),
     ('limit', 'A refresh whose answer is lost costs the grant',
      'When the provider rotated the refresh token but the answer never arrived (connection reset after the'
      ' provider acted, an answer cut off, a request that stalled past the client timeout and was processed'
@@ -180,6 +186,17 @@ def bar_svg(path, title, bars, unit, log=False, width=760):
 
 # -- sections ---------------------------------------------------------------------------------------
 
+def tests_line(data):
+    """'Tests: N passed, M failed (...)' of a suite's JSON."""
+    tests = (data or {}).get('tests') or {}
+    if not tests:
+        return ''
+    line = 'Tests of this suite in this run: %d passed, %d failed' % (tests.get('passed', 0), tests.get('failed', 0))
+    if tests.get('failures'):
+        line += ' (%s)' % ', '.join('`%s`' % f.split('::', 1)[-1] for f in tests['failures'])
+    return line + '.\n\n'
+
+
 def counts_table(data, keys):
     counts = (data or {}).get('counts', {})
     rows = [(label, fmt(counts.get(key, 0))) for key, label in keys if key in counts or not key.startswith('?')]
@@ -254,7 +271,7 @@ def faults_section(data):
                 table(['fault', 'message'], examples), '']
     loop = [r for r in data.get('rows', []) if r['kind'].startswith('sequence')]
     if loop:
-        out += ['The refresher\'s loop against 5-second access tokens while 8 faults hit one refresh after another '
+        out += ['The refresher\'s loop against 8-second access tokens while 8 faults hit one refresh after another '
                 '(503 twice, 502 twice, a reset, an HTML page, a 3-s stall, a 500, a 4 MiB answer, a redirect), a '
                 'job reading the bearer-token file every 0.25 s and introspecting it: %s.' % loop[0]['message'], '']
     return '\n'.join(out)
@@ -497,6 +514,8 @@ def main(json_dir, md_path):
            'scripts/evidence --ci      # the CI subset: faults, concurrency and crashes, security scan, bad input',
            'scripts/evidence --report  # this page again from docs/evidence/*.json',
            '```', '',
+           'The CI subset is part of `scripts/test`, the test command CI runs (`scripts/test evidence` runs it '
+           'alone); the benchmarks are not.', '',
            'Needs what `scripts/setup` installs and root (the security scan and the provisioning benchmark create '
            'Unix job users and remove them). The suites live in `tests/evidence/` (pytest; they reuse the fixtures '
            'of `tests/functional/`), the benchmarks in `tests/benchmarks/`. Each suite prints its counts at the end '
@@ -533,16 +552,17 @@ def main(json_dir, md_path):
         out += ['Suites measured on: %s.' % machine, '']
     if bench_machine and bench_machine != machine:
         out += ['Benchmarks measured on: %s.' % bench_machine, '']
-    out += ['## Reliability: faults', '', faults_section(faults), '',
-            '## Reliability: concurrency and crashes', '', concurrency_section(concurrency), '',
+    out += ['## Reliability: faults', '', tests_line(faults) + faults_section(faults), '',
+            '## Reliability: concurrency and crashes', '',
+            tests_line(concurrency) + concurrency_section(concurrency), '',
             '## Security: where the secrets go', '',
             'Every flow of the integration targets at `-vvvv` with `ANSIBLE_LOG_PATH` (modules, lookup, '
             '`oidc_account(_info)`, failing tasks, check and diff mode; the role `job_tokens` through '
             '`job_run.yml` for a real job user, whose refresher rotates refresh tokens during the job), then every '
             'output and every file left (and the job user\'s files as they were while the job ran) searched for '
             'every secret value that crossed the wire or was used, in raw, URL-encoded, JSON-escaped and base64 '
-            'forms.', '', security_section(security), '',
-            '## Security: bad input', '', bad_input_section(bad), '',
+            'forms.', '', tests_line(security) + security_section(security), '',
+            '## Security: bad input', '', tests_line(bad) + bad_input_section(bad), '',
             '## Performance', '',
             'Benchmarks, not tests: each prints its figures; medians of several runs, each figure says how many. '
             'The machine was shared with other work while they ran; compare figures of one run with each other '

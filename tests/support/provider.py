@@ -199,7 +199,7 @@ class Provider:
     address). workdir: where logs, TLS material and state go (a temporary directory by default).
     """
 
-    def __init__(self, tls=False, access_token_format='opaque', at_ttl=60, rt_ttl=3600,
+    def __init__(self, tls=False, access_token_format='opaque', at_ttl=60, rt_ttl=3600, user_at_ttl=None,
                  exchange_shape='common', discovery='openid', issuer_host=None, workdir=None,
                  issuer=None, config=None, port=0, host='127.0.0.1',
                  startup_timeout=STARTUP_TIMEOUT):
@@ -215,6 +215,8 @@ class Provider:
         self.access_token_format = access_token_format
         self.at_ttl = int(at_ttl)
         self.rt_ttl = int(rt_ttl)
+        # Access tokens of the user's own login (the subject tokens): as at_ttl unless given.
+        self.user_at_ttl = self.at_ttl if user_at_ttl is None else int(user_at_ttl)
         self.exchange_shape = exchange_shape
         self.discovery = discovery
         self.issuer_host = issuer_host
@@ -261,7 +263,7 @@ class Provider:
     def command(self, node='node'):
         cmd = [node, SERVER_JS, '--port', str(self.port), '--host', self.host,
                '--access-token-format', self.access_token_format,
-               '--at-ttl', str(self.at_ttl), '--rt-ttl', str(self.rt_ttl),
+               '--at-ttl', str(self.at_ttl), '--rt-ttl', str(self.rt_ttl), '--user-at-ttl', str(self.user_at_ttl),
                '--exchange-shape', self.exchange_shape, '--discovery', self.discovery,
                '--config', self.config_path]
         if self.requested_issuer:
@@ -489,6 +491,7 @@ class Provider:
             'discovery': self.discovery,
             'at_ttl': self.at_ttl,
             'rt_ttl': self.rt_ttl,
+            'user_at_ttl': self.user_at_ttl,
             'token_endpoint': self.token_endpoint if self.url else None,
             'log': self.log_path if self.workdir else None,
             'clients': self.clients(),
@@ -544,7 +547,7 @@ def _cli_start(args):
             return 1
     provider = Provider(
         tls=args.tls, access_token_format=args.access_token_format, at_ttl=args.at_ttl,
-        rt_ttl=args.rt_ttl, exchange_shape=args.exchange_shape, discovery=args.discovery,
+        rt_ttl=args.rt_ttl, user_at_ttl=args.user_at_ttl, exchange_shape=args.exchange_shape, discovery=args.discovery,
         issuer_host=args.issuer_host, issuer=args.issuer, config=args.config, port=args.port,
         workdir=state_dir)
     try:
@@ -606,6 +609,7 @@ def main(argv=None):
     start.add_argument('--access-token-format', choices=('opaque', 'jwt'), default='opaque')
     start.add_argument('--at-ttl', type=int, default=60)
     start.add_argument('--rt-ttl', type=int, default=3600)
+    start.add_argument('--user-at-ttl', type=int, help="lifetime of the user's own access tokens (default: --at-ttl)")
     start.add_argument('--exchange-shape', choices=('common', 'strict'), default='common')
     start.add_argument('--discovery', choices=('openid', 'oauth'), default='openid')
     start.add_argument('--issuer-host')

@@ -438,6 +438,12 @@ def test_deleted_account_is_not_served(env):
         env.run()
 
 
+def test_missing_account_creates_no_cache_directory_or_lock(env):
+    with pytest.raises(AnsibleError, match="No account 'other'"):
+        env.run('other')
+    assert not os.path.exists(env.cache_dir)
+
+
 def test_own_refresh_keeps_the_other_entries(env):
     """A refresh by the lookup rotates the refresh token (rewrites the account); the account's
     other entries came from the same grant and stay valid."""

@@ -557,6 +557,88 @@ def test_update_callback_error_writes_nothing_and_releases_lock(store):
         pass
 
 
+def test_update_of_a_missing_account_leaves_no_lock_file(store):
+    store.ensure_dir()
+    with pytest.raises(AccountNotFoundError):
+        store.update('gone', PASSWORD, lambda acc: (acc, None))
+    assert os.listdir(store.config_dir) == []
+
+
+def _update_in_thread(config_dir, name, password, fn):
+    """Run AccountStore.update in a thread: (thread, store, outcome dict)."""
+    other = AccountStore(config_dir=config_dir)
+    outcome = {}
+
+    def run():
+        try:
+            outcome['result'] = other.update(name, password, fn)
+        except Exception as e:   # reported to the test through outcome
+            outcome['error'] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, other, outcome
+
+
+def _wait_for(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_update_derives_its_key_while_another_process_holds_the_lock(store):
+    """Concurrent updates do not queue behind each other's Argon2id: the key is derived before the lock."""
+    store.save('a', sample_account(), PASSWORD)
+
+    def rotate(account):
+        account['refresh_token'] = 'refresh-token-value-2'
+        return account, 'done'
+
+    with store.locked('a'):
+        thread, other, outcome = _update_in_thread(store.config_dir, 'a', PASSWORD, rotate)
+        assert _wait_for(lambda: other.kdf_count == 1)
+        time.sleep(0.2)
+        assert outcome == {} and thread.is_alive()     # derived, and now waiting for the lock
+    thread.join(30)
+    assert outcome == {'result': 'done'} and other.kdf_count == 1
+    assert store.load('a', PASSWORD)['refresh_token'] == 'refresh-token-value-2'
+
+
+def test_update_derives_again_when_the_file_got_a_new_salt_meanwhile(store):
+    store.save('a', sample_account(), PASSWORD)
+
+    def rotate(account):
+        account['refresh_token'] = 'refresh-token-value-3'
+        return account, account['client_id']
+
+    with store.locked('a'):
+        thread, other, outcome = _update_in_thread(store.config_dir, 'a', PASSWORD, rotate)
+        assert _wait_for(lambda: other.kdf_count == 1)
+        # What oidc-agent or a save() does: the whole file anew, under a fresh salt and other content.
+        account = sample_account()
+        account['client_id'] = 'client-2'
+        salt = os.urandom(store_mod.SALT_BYTES)
+        store._write_atomic('a', store_mod.encrypt_account_bytes(
+            store_mod._plaintext_from_account(account, 'a'), store_mod.derive_key(PASSWORD.encode(), salt)))
+    thread.join(30)
+    assert outcome == {'result': 'client-2'} and other.kdf_count == 2
+    reloaded = store.load('a', PASSWORD)
+    assert reloaded['refresh_token'] == 'refresh-token-value-3' and reloaded['client_id'] == 'client-2'
+    with open(store.path('a'), 'rb') as f:
+        assert base64.b64decode(f.read().split(b'\n')[2]) == salt
+
+
+def test_update_with_a_wrong_password_fails_before_taking_the_lock(store):
+    store.save('a', sample_account(), PASSWORD)
+    before = snapshot(store.path('a'))
+    with store.locked('a'):
+        thread, other, outcome = _update_in_thread(store.config_dir, 'a', 'not the password', lambda acc: (acc, 1))
+        thread.join(30)
+        assert isinstance(outcome.get('error'), WrongPasswordError)
+    assert snapshot(store.path('a')) == before
+
+
 def test_change_password(store):
     store.save('a', sample_account(), PASSWORD)
     store.change_password('a', PASSWORD, 'new password')
