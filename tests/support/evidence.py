@@ -568,8 +568,9 @@ def machine_info():
         out = subprocess.run(['git', '-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
                              timeout=10, check=False)
         info['git_commit'] = out.stdout.strip()
-        dirty = subprocess.run(['git', '-C', REPO_ROOT, 'status', '--porcelain'], capture_output=True, text=True,
-                               timeout=10, check=False)
+        # Changes to tracked files only: a run from a clone with a linked .venv is still that commit.
+        dirty = subprocess.run(['git', '-C', REPO_ROOT, 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, timeout=10, check=False)
         info['git_dirty'] = bool(dirty.stdout.strip())
     except OSError:
         pass
