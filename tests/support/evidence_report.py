@@ -454,11 +454,11 @@ def provisioning_section(data, plots):
                      fmt(e['refreshes_per_worker_at_start']['median']), fmt(e['token_requests_per_worker']['median']),
                      fmt(e['discovery_per_worker']['median'])))
     p = data['parameters']
+    values = (p['forks'], p['scheduler'], p.get('runs_wanted', '?'), fmt(p.get('budget_minutes')))
     out = ['`job_start.yml` then `job_teardown.yml` at forks %s; each worker is a local inventory host with its own '
            'Unix job user (become via su) and its own refresher (scheduler: %s). The physical limit is one exchange '
            'and one revocation per worker. Runs per size: %s wanted, as many as a time budget of %s minutes allowed '
-           '(at least one; each figure says how many).' % (p['forks'], p['scheduler'], p.get('runs_wanted', '?'),
-                                                          fmt(p.get('budget_minutes'))), '',
+           '(at least one; each figure says how many).' % values, '',
            table(['workers', 'start: wall time', 'teardown: wall time', 'exchanges / worker', 'revocations / worker',
                   'refreshes / worker at start', 'token-endpoint requests / worker', 'discovery requests / worker'],
                  rows)]
