@@ -38,6 +38,33 @@ def collections_root():
     return root
 
 
+def in_fork(fn):
+    """fn() in a forked child, as Ansible runs a lookup for a host; returns what fn returns (JSON)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            data = json.dumps(fn()).encode()
+        except BaseException as exc:  # reported to the parent
+            data = json.dumps({'error': repr(exc)}).encode()
+        os.write(write_fd, data)
+        os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while True:
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    result = json.loads(b''.join(chunks))
+    if isinstance(result, dict) and 'error' in result:
+        raise RuntimeError(result['error'])
+    return result
+
+
 def median(values):
     return statistics.median(values) if values else None
 

@@ -15,8 +15,6 @@ controller (so ansible-core is already imported there, the lookup plugin itself 
 from __future__ import annotations
 
 import argparse
-import atexit
-import json
 import os
 import shutil
 import statistics
@@ -24,19 +22,8 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, 'tests', 'support'))
-
-
-def collections_root():
-    parts = REPO.split(os.sep)
-    if parts[-3:] == ['ansible_collections', 'oidc', 'tokens']:
-        return os.sep.join(parts[:-3]) or os.sep
-    root = tempfile.mkdtemp(prefix='bench-lookup-colls-')
-    atexit.register(shutil.rmtree, root, True)
-    os.makedirs(os.path.join(root, 'ansible_collections', 'oidc'))
-    os.symlink(REPO, os.path.join(root, 'ansible_collections', 'oidc', 'tokens'))
-    return root
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 
 
 def report(label, values):
@@ -44,39 +31,12 @@ def report(label, values):
         label, statistics.median(values) * 1000, min(values) * 1000, max(values) * 1000, len(values)))
 
 
-def in_fork(fn):
-    """Run fn() in a forked child (a fresh Ansible worker) and return what it returns (JSON)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        try:
-            data = json.dumps(fn()).encode()
-        except BaseException as exc:  # pragma: no cover - reported to the parent
-            data = json.dumps({'error': repr(exc)}).encode()
-        os.write(write_fd, data)
-        os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    while True:
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    result = json.loads(b''.join(chunks))
-    if isinstance(result, dict) and 'error' in result:
-        raise RuntimeError(result['error'])
-    return result
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--rounds', type=int, default=20, help='evaluations per case')
     args = parser.parse_args()
 
-    root = collections_root()
+    root = _common.collections_root()
     from ansible.plugins.loader import init_plugin_loader, lookup_loader
     init_plugin_loader([root])
     from provider import Provider
@@ -109,7 +69,7 @@ def main():
                     lookup = lookup_loader.get('oidc.tokens.oidc_token')   # imports the plugin
                     lookup.run(['bench'], variables={}, **dict(common, **kwargs))
                     return time.perf_counter() - start
-                return in_fork(child)
+                return _common.in_fork(child)
 
             run()   # fill the cache
             print('lookup oidc.tokens.oidc_token, %d rounds, Python %s' % (args.rounds, sys.version.split()[0]))

@@ -8,7 +8,7 @@ memory), encryptions and decryptions per second with a derived key, load and upd
 
 Each run is a fresh Python process (so that the peak-memory figure is the derivation's own); within
 a run, 10 derivations are timed. A script that prints figures, not a test. (bench_store.py prints the
-same figures for one process.)
+figures of one such process.)
 """
 
 from __future__ import annotations
@@ -22,23 +22,28 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 
-def one_run():
+def one_run(rounds=10):
+    """The figures of one process (call it in a fresh one: the peak-memory figure is its first derivation's)."""
     _common.collections_root()
     from ansible_collections.oidc.tokens.plugins.module_utils import _account_store as store_mod
     store_mod.nacl_import_error()   # PyNaCl imported before measuring: its import is not the derivation's memory
     password = b'benchmark password'
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
     start = time.perf_counter()
     key = store_mod.derive_key(password, os.urandom(store_mod.SALT_BYTES))
     first = time.perf_counter() - start
+    _current, python_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
-    for _i in range(10):
+    for _i in range(rounds):
         start = time.perf_counter()
         store_mod.derive_key(password, os.urandom(store_mod.SALT_BYTES))
         times.append(time.perf_counter() - start)
@@ -68,7 +73,8 @@ def one_run():
             store.update('bench', password, lambda a: (a, None))
             updates.append(time.perf_counter() - start)
     return {'first_derivation_s': first, 'derivation_s': statistics.median(times),
-            'derivation_peak_rss_mib': (after - before) / 1024.0, 'encrypt_per_s': encrypt, 'decrypt_per_s': decrypt,
+            'derivation_peak_rss_mib': (after - before) / 1024.0, 'derivation_python_peak_kib': python_peak / 1024.0,
+            'derivations_timed': rounds, 'encrypt_per_s': encrypt, 'decrypt_per_s': decrypt,
             'load_s': statistics.median(loads), 'update_s': statistics.median(updates),
             'plaintext_bytes': len(plaintext), 'opslimit': store_mod.OPSLIMIT, 'memlimit': store_mod.MEMLIMIT}
 

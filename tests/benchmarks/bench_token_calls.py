@@ -24,7 +24,6 @@ A script that prints figures, not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -37,33 +36,6 @@ import _common  # noqa: E402
 
 PASSWORD = 'bench-token-calls password'
 SCOPE = 'openid profile offline_access'
-
-
-def in_fork(fn):
-    """fn() in a forked child, as Ansible runs a lookup for a host; returns what fn returns (JSON)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        try:
-            data = json.dumps(fn()).encode()
-        except BaseException as exc:  # reported to the parent
-            data = json.dumps({'error': repr(exc)}).encode()
-        os.write(write_fd, data)
-        os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    while True:
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    result = json.loads(b''.join(chunks))
-    if isinstance(result, dict) and 'error' in result:
-        raise RuntimeError(result['error'])
-    return result
 
 
 def main():
@@ -161,7 +133,7 @@ def main():
                     start = time.perf_counter()
                     lookup_loader.get('oidc.tokens.oidc_token').run(['bench'], variables={}, **dict(common, **options))
                     return time.perf_counter() - start
-                return in_fork(child)
+                return _common.in_fork(child)
 
             hits, misses = [], []
             for _run in range(args.runs):

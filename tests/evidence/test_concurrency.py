@@ -209,6 +209,34 @@ def _drain(fd):
     return b''.join(chunks)
 
 
+def rt_lost_after_kill(op, account, marks, counts):
+    """Count whether the RT on disk after a kill is the provider's current one. Not current is only acceptable
+    when the kill fell after a refresh left and before its file was in place; True then (the grant is lost)."""
+    if rt_active(op, account['refresh_token']):
+        counts['rt_current'] += 1
+        return False
+    in_window = in_refresh_window(marks)
+    counts['rt_lost_in_window' if in_window else 'rt_lost_outside_window'] += 1
+    assert in_window, 'the RT on disk is not current, but the kill was not in the refresh window: %r' % marks[-10:]
+    return True
+
+
+def record_kills(op, refused_before, counts, label, test):
+    """The ledger's counts of a kill -9 test, and what every such test asserts: no replayed refresh token, every
+    file decrypts, refreshes happened between the kills."""
+    refused = stat_counts(op)['refresh_failed'] - refused_before
+    LEDGER.add(SUITE, label, counts['kills'])
+    LEDGER.add(SUITE, 'kills: account file does not decrypt', counts['kills'] - counts['decrypts'])
+    LEDGER.add(SUITE, 'kills: RT on disk is the provider\'s current one', counts['rt_current'])
+    LEDGER.add(SUITE, 'kills: RT lost in the refresh window (inherent)', counts['rt_lost_in_window'])
+    LEDGER.add(SUITE, 'kills: RT lost outside the refresh window', counts['rt_lost_outside_window'])
+    LEDGER.add(SUITE, 'kills: refresh tokens replayed (refused by the provider)', refused)
+    LEDGER.row(SUITE, test=test, **counts)
+    assert refused == 0
+    assert counts['decrypts'] == counts['kills']
+    assert counts['refreshes_completed'] > 0
+
+
 def test_kill_minus_9_of_writers(op, tmp_path):
     config_dir = str(tmp_path / 'accounts')
     store = AccountStore(config_dir)
@@ -257,27 +285,11 @@ def test_kill_minus_9_of_writers(op, tmp_path):
         temps = [n for n in os.listdir(config_dir) if n.startswith('.%s.tmp-' % name)]
         counts['temp_files_left_max'] = max(counts['temp_files_left_max'], len(temps))
         assert len(temps) <= 1
-        if rt_active(op, account['refresh_token']):
-            counts['rt_current'] += 1
-            continue
-        # Not current: only acceptable when the kill fell after a refresh left and before its file was in place.
-        in_window = in_refresh_window(marks)
-        counts['rt_lost_in_window' if in_window else 'rt_lost_outside_window'] += 1
-        assert in_window, 'the RT on disk is not current, but the kill was not in the refresh window: %r' % marks[-10:]
-        generation += 1
-        name = 'writer-%d' % generation
-        exchange_account(op, config_dir, name, PASSWORD)
-    refused = stat_counts(op)['refresh_failed'] - refused_before
-    LEDGER.add(SUITE, 'kill -9 of writers', counts['kills'])
-    LEDGER.add(SUITE, 'kills: account file does not decrypt', counts['kills'] - counts['decrypts'])
-    LEDGER.add(SUITE, 'kills: RT on disk is the provider\'s current one', counts['rt_current'])
-    LEDGER.add(SUITE, 'kills: RT lost in the refresh window (inherent)', counts['rt_lost_in_window'])
-    LEDGER.add(SUITE, 'kills: RT lost outside the refresh window', counts['rt_lost_outside_window'])
-    LEDGER.add(SUITE, 'kills: refresh tokens replayed (refused by the provider)', refused)
-    LEDGER.row(SUITE, test='kill -9 of writers (refresh loop)', **counts)
-    assert refused == 0
-    assert counts['decrypts'] == counts['kills']
-    assert counts['refreshes_completed'] > 0
+        if rt_lost_after_kill(op, account, marks, counts):
+            generation += 1
+            name = 'writer-%d' % generation
+            exchange_account(op, config_dir, name, PASSWORD)
+    record_kills(op, refused_before, counts, 'kill -9 of writers', 'kill -9 of writers (refresh loop)')
     # The kills fell in every phase: before the first refresh, with a request in flight, with an
     # answer in hand but no new file yet, and after a new file was in place.
     assert counts['killed after a write'] > 0 and counts['killed with a request in flight'] > 0
@@ -342,24 +354,9 @@ def test_kill_minus_9_of_the_refresher(op, tmp_path):
                 counts['token_file_fresh_and_active'] += 1
             else:
                 counts['token_file_older_than_a_lifetime'] += 1
-        if rt_active(op, account['refresh_token']):
-            counts['rt_current'] += 1
-            continue
-        in_window = in_refresh_window(marks)
-        counts['rt_lost_in_window' if in_window else 'rt_lost_outside_window'] += 1
-        assert in_window, 'the RT on disk is not current, but the kill was not in the refresh window: %r' % marks[-10:]
-        generation += 1
-        name = 'refresher-%d' % generation
-        exchange_account(op, config_dir, name, PASSWORD)
-        job = new_job(generation)
-    refused = stat_counts(op)['refresh_failed'] - refused_before
-    LEDGER.add(SUITE, 'kill -9 of the refresher', counts['kills'])
-    LEDGER.add(SUITE, 'kills: account file does not decrypt', counts['kills'] - counts['decrypts'])
-    LEDGER.add(SUITE, 'kills: RT on disk is the provider\'s current one', counts['rt_current'])
-    LEDGER.add(SUITE, 'kills: RT lost in the refresh window (inherent)', counts['rt_lost_in_window'])
-    LEDGER.add(SUITE, 'kills: RT lost outside the refresh window', counts['rt_lost_outside_window'])
-    LEDGER.add(SUITE, 'kills: refresh tokens replayed (refused by the provider)', refused)
-    LEDGER.row(SUITE, test='kill -9 of oidc-tokens-refresher run', **counts)
-    assert refused == 0
-    assert counts['decrypts'] == counts['kills']
-    assert counts['refreshes_completed'] > 0
+        if rt_lost_after_kill(op, account, marks, counts):
+            generation += 1
+            name = 'refresher-%d' % generation
+            exchange_account(op, config_dir, name, PASSWORD)
+            job = new_job(generation)
+    record_kills(op, refused_before, counts, 'kill -9 of the refresher', 'kill -9 of oidc-tokens-refresher run')
