@@ -6,30 +6,72 @@ job_teardown.yml at --forks 20, N local "workers" (inventory hosts with ansible_
 each with its own Unix job user, become via su): wall time, and requests per worker at the provider.
 
     sudo python3 tests/benchmarks/bench_provisioning.py [--workers 10,50,200] [--runs 5] [--forks 20]
-                                                        [--budget-minutes 90] [--out FILE.json]
+                                                        [--budget-minutes 90] [--out FILE.json [--resume]]
 
 The physical limit per worker is one token exchange (start) and one revocation (teardown); the
 provider's own counters say how close the role gets. Each worker installs the refresher under its own
 prefix, as separate hosts would. Needs root: it creates the job users oidcb<random>001... and removes them
 at the end. Runs stop being added for a size once --budget-minutes is spent (never fewer than one);
-the figures say how many runs each median is of. A script that prints figures, not a test.
+the figures say how many runs each median is of. With --resume, the runs already in --out count
+when they measured the same code (role, playbooks, modules, module_utils: a hash of their files) with
+the same parameters, so the runs of a long benchmark can be collected over several sessions; each
+run records its date and commit. A script that prints figures, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 # Job users of this run only: oidcb<4 hex><3 digits> (runs on one machine at once must not share them).
 USER_PREFIX = 'oidcb%s' % secrets.token_hex(2)
+
+
+# What the figures measure: a run of other code is another measurement (--resume does not mix them).
+MEASURED_CODE = ('roles/job_tokens', 'playbooks/job_start.yml', 'playbooks/job_teardown.yml',
+                 'plugins/modules', 'plugins/module_utils')
+
+
+def measured_code_hash():
+    """sha256 over the paths and contents of the files the role runs (the work tree as it is)."""
+    digest = hashlib.sha256()
+    files = []
+    for top in MEASURED_CODE:
+        path = os.path.join(_common.REPO, top)
+        if os.path.isfile(path):
+            files.append(top)
+        for folder, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d != '__pycache__')
+            files.extend(os.path.relpath(os.path.join(folder, n), _common.REPO) for n in names if not n.endswith('.pyc'))
+    for name in sorted(files):
+        with open(os.path.join(_common.REPO, name), 'rb') as handle:
+            digest.update(name.encode() + b'\0' + hashlib.sha256(handle.read()).digest())
+    return digest.hexdigest()
+
+
+def resumable_runs(path, parameters, sizes):
+    """The runs in ``path`` of the same code and parameters, per size (of ``sizes``); else {} and why."""
+    try:
+        with open(path, encoding='utf-8') as handle:
+            old = json.load(handle)
+    except (OSError, ValueError) as exc:
+        return {}, 'no earlier figures to resume (%s)' % exc.__class__.__name__
+    old_parameters = old.get('parameters', {})
+    for key, value in parameters.items():
+        if old_parameters.get(key) != value:
+            return {}, 'earlier figures were measured with %s=%r, not %r' % (key, old_parameters.get(key), value)
+    return dict((size, old.get('runs', {}).get(str(size), [])) for size in sizes), 'resuming earlier figures'
 
 
 def ensure_users(count):
@@ -81,7 +123,8 @@ def remove_users(names):
 
 
 def budget_allows(deadline, per_worker_seconds, size, later_sizes):
-    """Whether one more run of ``size`` fits the budget, keeping time for one run of each later size."""
+    """Whether one more run of ``size`` fits the budget, keeping time for one run of each later size
+    (the later sizes that still lack runs)."""
     left = deadline.left()
     if left is None:
         return True
@@ -89,7 +132,7 @@ def budget_allows(deadline, per_worker_seconds, size, later_sizes):
     return per_worker * (size + sum(later_sizes)) < left
 
 
-def report(args, results, final=True):
+def report(args, parameters, results, final=True):
     """Figures of the runs so far; printed at the end, written (also after every run) with --out."""
     figures = {}
     if final:
@@ -120,10 +163,12 @@ def report(args, results, final=True):
         _common.line('revocations per worker (limit 1)', entry['revocations_per_worker'], '')
         _common.line('token-endpoint requests per worker, start + teardown', entry['token_requests_per_worker'], '')
         _common.line('discovery requests per worker', entry['discovery_per_worker'], '')
+    dates = sorted(r['measured_at'] for rows in results.values() for r in rows if r.get('measured_at'))
     data = {'figures': figures, 'runs': dict((str(k), v) for k, v in results.items()),
-            'parameters': {'forks': args.forks, 'runs_wanted': args.runs,
-                           'scheduler': 'cron (no systemd on this machine)', 'provider_at_ttl': 3600,
-                           'budget_minutes': args.budget_minutes}}
+            'runs_measured': {'first': dates[0] if dates else None, 'last': dates[-1] if dates else None,
+                              'commits': sorted(set(r['git_commit'] for rows in results.values() for r in rows
+                                                    if r.get('git_commit')))},
+            'parameters': dict(parameters, runs_wanted=args.runs, budget_minutes=args.budget_minutes)}
     _common.write(args.out, 'provisioning', data, quiet=not final)
 
 
@@ -133,12 +178,25 @@ def main():
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--forks', type=int, default=20)
     parser.add_argument('--budget-minutes', type=float, default=90)
+    parser.add_argument('--become-method', choices=('su', 'sudo'), default='su',
+                        help='how the role becomes the job user (sudo, if installed, with pipelining; su never pipelines)')
     parser.add_argument('--out')
+    parser.add_argument('--resume', action='store_true',
+                        help='keep the runs in --out of the same code and parameters; add runs up to --runs')
     args = parser.parse_args()
     if os.geteuid() != 0:
         print('bench_provisioning: needs root (it creates job users)', file=sys.stderr)
         return 2
     sizes = [int(n) for n in args.workers.split(',') if n.strip()]
+    # What makes runs comparable: the same code, forks, become method and provider settings.
+    parameters = {'code_sha256': measured_code_hash(), 'forks': args.forks, 'become_method': args.become_method,
+                  'pipelining': args.become_method == 'sudo', 'scheduler': 'cron (no systemd on this machine)',
+                  'provider_at_ttl': 3600}
+    results = {}
+    if args.resume and args.out:
+        results, why = resumable_runs(args.out, parameters, sizes)
+        print('bench_provisioning: %s' % why, flush=True)
+    machine = _common.machine()
 
     _common.collections_root()
     from provider import Provider
@@ -149,8 +207,8 @@ def main():
     shared = tempfile.mkdtemp(prefix='oidc-bench-prov-')
     os.chmod(shared, 0o755)
     created = []
-    results = {}
-    per_worker_seconds = []
+    per_worker_seconds = [(r['start']['seconds'] + r['teardown']['seconds']) / size
+                          for size, rows in results.items() for r in rows]
     deadline = _common.Deadline(args.budget_minutes * 60)
     try:
         created = ensure_users(max(sizes))
@@ -165,7 +223,9 @@ def main():
                     'hosts': hosts,
                     'vars': {
                         'ansible_connection': 'local', 'ansible_python_interpreter': '/usr/bin/python3',
-                        'ansible_become_method': 'su', 'job_tokens_account': 'bench',
+                        'ansible_become_method': args.become_method,
+                        'ansible_pipelining': args.become_method == 'sudo',
+                        'job_tokens_account': 'bench',
                         'job_tokens_issuer': op.issuer, 'job_tokens_client_id': EXCHANGER,
                         'job_tokens_client_secret': "{{ lookup('ansible.builtin.env', 'EV_SECRET') }}",
                         'job_tokens_subject_token': "{{ lookup('ansible.builtin.env', 'EV_SUBJECT') }}",
@@ -173,12 +233,13 @@ def main():
                         'job_tokens_min_valid_period': 60, 'job_tokens_start_timeout': 120,
                         'job_tokens_prefix': shared + '/prefix-{{ inventory_hostname }}',
                     }}}}})
-                rows = []
-                for index in range(args.runs):
-                    if index and not budget_allows(deadline, per_worker_seconds, size,
-                                                   [s for s in sizes if s > size]):
+                rows = list(results.get(size, []))
+                for index in range(len(rows), args.runs):
+                    lacking = [s for s in sizes if s > size and len(results.get(s, [])) < args.runs]
+                    if index and not budget_allows(deadline, per_worker_seconds, size, lacking):
                         break
-                    row = {}
+                    row = {'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                           'git_commit': machine.get('git_commit'), 'git_dirty': machine.get('git_dirty')}
                     for phase, playbook in (('start', 'job_start.yml'), ('teardown', 'job_teardown.yml')):
                         before = stat_counts(op)
                         run = ansible.playbook(os.path.join(playbooks, playbook), inventory=inventory,
@@ -198,7 +259,7 @@ def main():
                         }
                     rows.append(row)
                     results[size] = rows
-                    report(args, results, final=False)
+                    report(args, parameters, results, final=False)
                     per_worker_seconds.append((row['start']['seconds'] + row['teardown']['seconds']) / size)
                     print('  %4d workers run %d: start %6.1f s (%d exchanges, %d refreshes), teardown %6.1f s '
                           '(%d revocations)' % (size, index + 1, row['start']['seconds'], row['start']['exchanges'],
@@ -210,7 +271,7 @@ def main():
         shutil.rmtree(shared, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
-    report(args, results)
+    report(args, parameters, results)
     return 0
 
 

@@ -196,6 +196,8 @@ fi
 grep -q '"rc": 3' "$WORK/failing.log" || { cat "$WORK/failing.log"; die "the job did not run with its token"; }
 grep -A1 'TASK \[oidc.tokens.job_tokens : Exchange the subject token' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
     { cat "$WORK/failing.log"; die "the second start did not keep the account"; }
+grep -A1 'TASK \[oidc.tokens.job_tokens : Install the refresher bundle\]' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
+    { cat "$WORK/failing.log"; die "the second start installed the refresher bundle again (not byte-identical)"; }
 [ "$(stat_of exchanges)" -eq $((exchanged_before + 1)) ] || die "two starts exchanged twice"
 [ "$(stat_of revocations)" -eq $((revoked_before + 1)) ] ||
     { cat "$WORK/failing.log"; die "the failing job's refresh token was not revoked"; }
