@@ -18,7 +18,8 @@ Layout, in one directory of the controller user (``default_cache_dir()``), mode 
     audience, resource, issuer and client overrides).
 ``.<account>.lock``
     The exclusive ``flock`` a worker holds while it fills an entry of that account, so concurrent
-    workers wait for one refresh instead of racing a rotating refresh token.
+    workers wait for one refresh instead of racing a rotating refresh token. Removed again by a
+    worker that leaves no entry of the account (a failed lookup writes nothing).
 
 An entry is used while ``expires_at - now >= min_valid_period`` and while the account file is the
 one it came from: a revoked (deleted), replaced or otherwise rewritten account invalidates it. The
@@ -161,6 +162,16 @@ def make_entry(name, config_dir, result, stamp, claims_mode, now=None):
         'account_stamp': stamp,
         'created_at': int(time.time() if now is None else now),
     }
+
+
+def _names_file(path, fd):
+    """Whether ``path`` still names the file open as ``fd`` (and not one made after an unlink)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 class TokenCache(object):
@@ -324,19 +335,37 @@ class TokenCache(object):
 
     @contextlib.contextmanager
     def locked(self, account, name=None):
-        """Hold the exclusive lock of one account's entries (the directory is made ready first)."""
+        """Hold the exclusive lock of one account's entries (the directory is made ready first).
+
+        A holder that leaves no entry of the account (its fetch failed) removes the lock file, so a
+        failed lookup leaves nothing behind. A waiter that then gets the lock of the removed file sees
+        that the path names another file (or none) and locks that one instead.
+        """
         self.ensure_dir()
         path = self.lock_path(account)
         flags = os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+        while True:
+            try:
+                fd = os.open(path, flags, FILE_MODE)
+            except OSError as e:
+                raise TokenCacheError('Cannot open the token cache lock %s: %s' % (path, e.strerror or e))
+            try:
+                self._flock(fd, path, name)
+            except BaseException:
+                os.close(fd)
+                raise
+            if _names_file(path, fd):
+                break
+            os.close(fd)
         try:
-            fd = os.open(path, flags, FILE_MODE)
-        except OSError as e:
-            raise TokenCacheError('Cannot open the token cache lock %s: %s' % (path, e.strerror or e))
-        try:
-            self._flock(fd, path, name)
             yield path
         finally:
-            os.close(fd)   # closing releases the flock
+            try:
+                if not self.entries_of(account):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+            finally:
+                os.close(fd)   # closing releases the flock
 
     def _flock(self, fd, path, name):
         # Only a miss locks, and a miss loads the account store anyway.

@@ -55,8 +55,10 @@ FINDINGS = [
      'account file, before it makes a cache directory or lock (unit tests '
      'test_update_of_a_missing_account_leaves_no_lock_file, '
      'test_missing_account_creates_no_cache_directory_or_lock). For an account file that exists but does not'
-     ' open (wrong password, damaged), the lookup still leaves its own cache directory with an empty lock '
-     'file under XDG_RUNTIME_DIR (bad-input cases lookup-wrong-password, lookup-corrupt).'),
+     ' open (wrong password, damaged), the lookup removes its cache lock again when it leaves no entry of the'
+     ' account; a worker that was waiting on the removed file locks the one now at the path (bad-input cases'
+     ' lookup-wrong-password, lookup-corrupt; unit tests test_collection_errors_become_ansible_errors, '
+     'test_waiter_does_not_keep_a_removed_lock). Only the empty cache directory (0700) stays.'),
     ('fixed', 'Every token request derived the account key under the account lock (performance)',
      'plugins/module_utils/_account_store.py, update(): _load() (one Argon2id derivation, about 80 ms and '
      '64 MiB) ran while the lock was held, so N processes asking for one account at once took N x 80 ms one '
@@ -367,6 +369,8 @@ def bad_input_section(data):
         ('nothing written (account directory, home, runtime directory byte-identical)',
          fmt(c.get('cases that wrote nothing'))),
         ('of them leaving an empty lock file (see Findings)', fmt(c.get('cases that left only an empty lock file', 0))),
+        ('of them leaving only the empty cache directory of the lookup (0700)',
+         fmt(c.get('cases that left only an empty cache directory', 0))),
         ('secrets in the output', fmt(c.get('secrets in output', 0))),
         ('cases failing because of a known bug (see Findings)', fmt(c.get('cases failing because of a known bug', 0))),
     ]), '']
@@ -454,11 +458,19 @@ def provisioning_section(data, plots):
                      fmt(e['refreshes_per_worker_at_start']['median']), fmt(e['token_requests_per_worker']['median']),
                      fmt(e['discovery_per_worker']['median'])))
     p = data['parameters']
-    values = (p['forks'], p['scheduler'], p.get('runs_wanted', '?'), fmt(p.get('budget_minutes')))
+    become = 'sudo with pipelining' if p.get('pipelining') else p.get('become_method', 'su')
+    values = (p['forks'], become, p['scheduler'], p.get('runs_wanted', '?'), fmt(p.get('budget_minutes')))
+    measured = data.get('runs_measured') or {}
+    when = ''
+    if measured.get('first'):
+        when = (' The runs were made from %s to %s, of commit%s %s; runs of the same code and parameters add up over '
+                'sessions (`--resume`).' % (measured['first'], measured['last'],
+                                             's' if len(measured.get('commits', [])) > 1 else '',
+                                             ', '.join(measured.get('commits') or ['?'])))
     out = ['`job_start.yml` then `job_teardown.yml` at forks %s; each worker is a local inventory host with its own '
-           'Unix job user (become via su) and its own refresher (scheduler: %s). The physical limit is one exchange '
+           'Unix job user (become via %s) and its own refresher (scheduler: %s). The physical limit is one exchange '
            'and one revocation per worker. Runs per size: %s wanted, as many as a time budget of %s minutes allowed '
-           '(at least one; each figure says how many).' % values, '',
+           '(at least one; each figure says how many).' % values + when, '',
            table(['workers', 'start: wall time', 'teardown: wall time', 'exchanges / worker', 'revocations / worker',
                   'refreshes / worker at start', 'token-endpoint requests / worker', 'discovery requests / worker'],
                  rows)]

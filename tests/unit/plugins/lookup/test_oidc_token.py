@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -527,7 +528,7 @@ def test_collection_errors_become_ansible_errors(env, monkeypatch):
         env.run()
     assert "refused the refresh token of account 'job1'" in str(info.value)
     assert not isinstance(info.value, OidcTokensError)
-    assert env.entries() == []
+    assert os.listdir(env.cache_dir) == []   # no entry, and no lock file either
 
 
 def test_password_source_errors(env):
@@ -568,6 +569,41 @@ def test_cache_write_failure_is_a_warning(env, monkeypatch):
     assert env.run() == ['at-1']
     assert len(shown) == 1 and 'No space left on device' in shown[0] and "'job1'" in shown[0]
     assert 'at-1' not in shown[0]
+
+
+def _opened(path):
+    """How many file descriptors of this process have ``path`` open."""
+    count = 0
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            count += os.readlink('/proc/self/fd/%s' % fd) == path
+        except OSError:
+            pass
+    return count
+
+
+def test_waiter_does_not_keep_a_removed_lock(env):
+    """A holder that leaves no entry removes the lock file. A worker that was waiting on that file
+    must lock the file now at the path, or a third worker could hold "the" lock at the same time."""
+    cache = cache_mod.TokenCache(env.cache_dir)
+    account = cache_mod.account_id(env.config_dir, NAME)
+    path = cache.lock_path(account)
+    seen = []
+
+    def waiter():
+        with cache_mod.TokenCache(env.cache_dir).locked(account, NAME):
+            seen.append(os.path.exists(path) and _opened(path) == 1)
+
+    with cache.locked(account, NAME):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while _opened(path) < 2 and time.monotonic() < deadline:   # the waiter opened the same file
+            time.sleep(0.01)
+        assert _opened(path) == 2
+    thread.join(10)
+    assert seen == [True]
+    assert not os.path.exists(path)
 
 
 def test_lock_timeout(env):
