@@ -213,9 +213,7 @@ def main():
     try:
         created = ensure_users(max(sizes))
         with Provider(workdir=os.path.join(work, 'provider'), at_ttl=3600) as op:
-            subject = op.user_access_token(scope='openid compute.read')
-            ansible = Ansible(os.path.join(work, 'ansible'), env={
-                'EV_SECRET': op.client(EXCHANGER)['client_secret'], 'EV_SUBJECT': subject})
+            ansible = Ansible(os.path.join(work, 'ansible'), env={'EV_SECRET': op.client(EXCHANGER)['client_secret']})
             for size in sizes:
                 hosts = dict(('w%03d' % i, {'job_tokens_user': '%s%03d' % (USER_PREFIX, i)})
                              for i in range(1, size + 1))
@@ -240,6 +238,9 @@ def main():
                         break
                     row = {'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                            'git_commit': machine.get('git_commit'), 'git_dirty': machine.get('git_dirty')}
+                    # The user's access token of the moment, as at a real job's start (one token would
+                    # expire during a long benchmark).
+                    ansible.env['EV_SUBJECT'] = op.user_access_token(scope='openid compute.read')
                     for phase, playbook in (('start', 'job_start.yml'), ('teardown', 'job_teardown.yml')):
                         before = stat_counts(op)
                         run = ansible.playbook(os.path.join(playbooks, playbook), inventory=inventory,
