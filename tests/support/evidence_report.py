@@ -477,10 +477,10 @@ def provisioning_section(data, plots):
     measured = data.get('runs_measured') or {}
     when = ''
     if measured.get('first'):
+        commits = measured.get('commits') or ['?']
         when = (' The runs were made from %s to %s, of commit%s %s; runs of the same code and parameters add up over '
-                'sessions (`--resume`).' % (measured['first'], measured['last'],
-                                             's' if len(measured.get('commits', [])) > 1 else '',
-                                             ', '.join(measured.get('commits') or ['?'])))
+                'sessions (`--resume`).' % (measured['first'], measured['last'], 's' if len(commits) > 1 else '',
+                                            ', '.join(commits)))
     out = ['`job_start.yml` then `job_teardown.yml` at forks %s; each worker is a local inventory host with its own '
            'Unix job user (become via %s) and its own refresher (scheduler: %s). The physical limit is one exchange '
            'and one revocation per worker. Runs per size: %s wanted, as many as a time budget of %s minutes allowed '
