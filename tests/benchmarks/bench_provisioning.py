@@ -221,8 +221,8 @@ def main():
                     'hosts': hosts,
                     'vars': {
                         'ansible_connection': 'local', 'ansible_python_interpreter': '/usr/bin/python3',
-                        'ansible_become_method': args.become_method,
-                        'ansible_pipelining': args.become_method == 'sudo',
+                        'ansible_become_method': parameters['become_method'],
+                        'ansible_pipelining': parameters['pipelining'],
                         'job_tokens_account': 'bench',
                         'job_tokens_issuer': op.issuer, 'job_tokens_client_id': EXCHANGER,
                         'job_tokens_client_secret': "{{ lookup('ansible.builtin.env', 'EV_SECRET') }}",
