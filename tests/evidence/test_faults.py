@@ -141,7 +141,9 @@ class Site(object):
 
 @pytest.fixture(scope='module')
 def site(provider_factory, tmp_path_factory):
-    s = Site(provider_factory, tmp_path_factory.mktemp('faults'))
+    # The subject tokens are issued before the plays meeting the faults (stalls, a 60-s refusal) run, all
+    # within minutes on a busy machine: they must outlive those plays, as a user's fresh login would.
+    s = Site(provider_factory, tmp_path_factory.mktemp('faults'), user_at_ttl=900)
     yield s
     s.stop()
 
