@@ -15,13 +15,15 @@ options:
         makes no difference).
       - Discovery tries C(/.well-known/openid-configuration) and then RFC 8414
         C(/.well-known/oauth-authorization-server); a document that names another issuer is refused.
-      - For an existing account, defaults to the issuer stored in the account.
+      - For an existing account, the issuer stored in the account is used; naming another one is an error, so
+        that an account's refresh token is never sent anywhere but its own issuer.
     type: str
     aliases: [issuer_url]
   client_id:
     description:
       - The confidential client registered with the provider. For an exchange, the client must be allowed the
-        token-exchange grant. For an existing account, defaults to the client stored in the account.
+        token-exchange grant. For an existing account, the client stored in the account is used; naming another
+        one is an error.
     type: str
   client_secret:
     description:
@@ -75,21 +77,15 @@ options:
     ini:
       - section: oidc_tokens
         key: issuer
-    vars:
-      - name: oidc_tokens_issuer
   client_id:
     env:
       - name: OIDC_TOKENS_CLIENT_ID
     ini:
       - section: oidc_tokens
         key: client_id
-    vars:
-      - name: oidc_tokens_client_id
   client_secret:
     env:
       - name: OIDC_TOKENS_CLIENT_SECRET
-    vars:
-      - name: oidc_tokens_client_secret
   auth_method:
     ini:
       - section: oidc_tokens
@@ -100,16 +96,12 @@ options:
     ini:
       - section: oidc_tokens
         key: ca_path
-    vars:
-      - name: oidc_tokens_ca_path
   validate_certs:
     env:
       - name: OIDC_TOKENS_VALIDATE_CERTS
     ini:
       - section: oidc_tokens
         key: validate_certs
-    vars:
-      - name: oidc_tokens_validate_certs
   timeout:
     env:
       - name: OIDC_TOKENS_TIMEOUT

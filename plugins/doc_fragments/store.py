@@ -48,8 +48,6 @@ options:
     ini:
       - section: oidc_tokens
         key: config_dir
-    vars:
-      - name: oidc_tokens_config_dir
   encryption_password:
     env:
       - name: OIDC_TOKENS_ENCRYPTION_PASSWORD
@@ -61,8 +59,6 @@ options:
     ini:
       - section: oidc_tokens
         key: encryption_password_file
-    vars:
-      - name: oidc_tokens_encryption_password_file
   encryption_password_env:
     ini:
       - section: oidc_tokens
@@ -71,6 +67,4 @@ options:
     ini:
       - section: oidc_tokens
         key: encryption_password_command
-    vars:
-      - name: oidc_tokens_encryption_password_command
 '''

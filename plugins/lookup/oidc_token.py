@@ -109,15 +109,17 @@ options:
     description:
       - The directory of the cache, created with mode 0700; its files have mode 0600.
       - When not set, C($XDG_RUNTIME_DIR/oidc-tokens) if C(XDG_RUNTIME_DIR) is set (a tmpfs of the user on systemd
-        systems), else C(~/.cache/oidc-tokens).
+        systems), else C(~/.cache/oidc-tokens) on a disk, and the lookup then warns each time it writes a token there.
+      - Only the lookup's own option, the controller's environment or C(ansible.cfg) set it, never a host variable.
+      - M(oidc.tokens.oidc_revoke) and M(oidc.tokens.oidc_account) run on the controller remove the cached tokens of
+        the accounts they revoke or remove from the default directory or C($OIDC_TOKENS_CACHE_DIR); a cache_dir set
+        only in C(ansible.cfg) is not known to them.
     type: path
     env:
       - name: OIDC_TOKENS_CACHE_DIR
     ini:
       - section: oidc_tokens
         key: cache_dir
-    vars:
-      - name: oidc_tokens_cache_dir
 notes:
   - The lookup runs on the controller and reads accounts of the controller user. For accounts on the managed hosts
     use M(oidc.tokens.oidc_token).
@@ -130,6 +132,17 @@ notes:
   - Ansible does not hide what a lookup returns. Put C(no_log) on tasks that show the token, and pass it to modules
     in options they mark as secret.
   - Every OAuth and account error fails the task with a message that names the account and never holds a secret.
+  - Which options a host may set. The lookup runs on the controller with the controller user's accounts, for every
+    host, so host variables (inventory, and facts a managed host returns, which Ansible turns into host variables)
+    set only O(encryption_password) (C(oidc_tokens_encryption_password)) and O(min_valid_period)
+    (C(oidc_tokens_min_valid_period)); with them a host can at worst make its own lookups fail or refresh sooner.
+    Options that say where a credential goes, which TLS to trust, which command to run or which path to read or
+    write (O(issuer), O(client_id), O(client_secret), O(ca_path), O(validate_certs), O(allow_insecure_http),
+    O(config_dir), O(cache_dir), O(encryption_password_file), O(encryption_password_env),
+    O(encryption_password_command)) come only from the lookup's own options in the playbook, the controller's
+    environment or C(ansible.cfg).
+  - An account's issuer and client are the ones stored in it. An O(issuer) or O(client_id) that names another one
+    fails the lookup; the account's refresh token is only ever sent to its own issuer.
 requirements:
   - requests (on a cache miss)
   - PyNaCl (on a cache miss)
@@ -147,8 +160,8 @@ EXAMPLES = r'''
     headers:
       Authorization: "Bearer {{ lookup('oidc.tokens.oidc_token', 'job1') }}"
   no_log: true
-  vars:
-    oidc_tokens_encryption_password_file: ~/.config/oidc-tokens/job1.pw
+  # The password source is the controller's: ansible.cfg ([oidc_tokens] encryption_password_file), the
+  # environment (OIDC_TOKENS_ENCRYPTION_PASSWORD_FILE) or an option of the lookup, never a host variable.
 
 - name: A down-scoped token valid for at least 10 minutes
   ansible.builtin.set_fact:
@@ -335,6 +348,11 @@ class LookupModule(LookupBase):
             try:
                 if after is not None and isinstance(entry['expires_at'], (int, float)):
                     cache.write(account, key, entry)
+                    if not self.get_option('cache_dir') and cache_mod.runtime_cache_dir() is None:
+                        display.warning('The lookup oidc.tokens.oidc_token keeps access tokens in %s, on a disk: '
+                                        'there is no XDG_RUNTIME_DIR. Set cache_dir (ansible.cfg [oidc_tokens] '
+                                        'cache_dir, or OIDC_TOKENS_CACHE_DIR) to a directory on a tmpfs, or '
+                                        'cache=false.' % cache.directory)
                 else:
                     cache.remove(account, key)
                 if result.get('refreshed') and before is not None and after is not None and before != after:

@@ -66,7 +66,7 @@ def validate_name(name):
         why = 'it is longer than %d characters' % MAX_NAME_LENGTH
     elif is_reserved_name(name):
         why = 'oidc-agent reserves it (config, *.config, *.clientconfig*, *.stats, *.log)'
-    elif not _NAME_RE.match(name):
+    elif not _NAME_RE.fullmatch(name):
         why = 'only letters, digits and . _ - @ + = , : ~ are allowed'
     if why:
         raise InvalidAccountNameError('Invalid account name %r: %s.' % (shown, why),

@@ -181,6 +181,34 @@ def _password_bytes(password, account=None, path=None):
     return raw
 
 
+def _read_private_file(path, limit=64 * 1024):
+    """The start of a password file that only the running user can read, else PasswordSourceError.
+
+    A password kept beside an account protects nothing when others can read it, and a file another user
+    owns may be theirs to change. Opened without blocking (a FIFO planted there fails, it does not hang).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0))
+    except (IOError, OSError) as e:
+        raise PasswordSourceError('Cannot read the password file %s: %s' % (path, e.strerror or e), path=path)
+    try:
+        st = os.fstat(fd)
+        why = None
+        if not stat.S_ISREG(st.st_mode):
+            why = 'it is not a regular file'
+        elif st.st_uid != os.geteuid():
+            why = 'it belongs to uid %d, not to the running user (uid %d)' % (st.st_uid, os.geteuid())
+        elif stat.S_IMODE(st.st_mode) & 0o077:
+            why = 'group or others have access to it (mode %04o); chmod 600 it' % stat.S_IMODE(st.st_mode)
+        if why:
+            raise PasswordSourceError('Refusing the password file %s: %s.' % (path, why), path=path)
+        return os.read(fd, limit)
+    except OSError as e:
+        raise PasswordSourceError('Cannot read the password file %s: %s' % (path, e.strerror or e), path=path)
+    finally:
+        os.close(fd)
+
+
 def resolve_password(password=None, password_file=None, password_env=None,
                      password_command=None, timeout=60):
     """Return the encryption password from exactly one source.
@@ -206,12 +234,7 @@ def resolve_password(password=None, password_file=None, password_env=None,
         value = password if isinstance(password, (str, bytes)) else str(password)
     elif password_file is not None:
         path = os.path.expanduser(str(password_file))
-        try:
-            with open(path, 'rb') as f:
-                data = f.read(64 * 1024)
-        except (IOError, OSError) as e:
-            raise PasswordSourceError('Cannot read the password file %s: %s'
-                                      % (path, e.strerror or e), path=path)
+        data = _read_private_file(path)
         value = data.split(b'\n', 1)[0]
         try:
             value = value.decode('utf-8')

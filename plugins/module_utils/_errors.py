@@ -15,3 +15,10 @@ class OidcTokensError(Exception):
     The message is meant for users and logs: it names what failed and why,
     and never contains a secret (client secret, token, password).
     """
+
+
+class AccountIdentityError(OidcTokensError):
+    """A task names another issuer or client than the account it uses was made with.
+
+    An account's refresh token is only ever sent to its own issuer, by its own client.
+    """

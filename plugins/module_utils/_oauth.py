@@ -16,6 +16,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 import os
 import random
 import time
@@ -63,6 +64,11 @@ AUTH_METHODS = ('client_secret_basic', 'client_secret_post')
 # A token endpoint answers in a few KiB; anything far larger is not an OAuth response.
 MAX_RESPONSE_BYTES = 1024 * 1024
 
+# OAuth answers and JWT claims are a few levels deep. Deeper JSON is refused: json.loads of thousands
+# of levels raises RecursionError, and a few hundred would still break whatever walks the value later
+# (Ansible's result handling, json.dumps) with one.
+MAX_JSON_DEPTH = 64
+
 # Statuses after which the provider did not process the request, so spending a credential again is safe.
 # Not 502 or 504: a gateway sends those when the provider's answer came broken or too late, after the
 # provider may have rotated the refresh token.
@@ -104,6 +110,37 @@ class ProviderError(OAuthError):
 
 class TokenVerificationError(OAuthError):
     """A JWT failed verification: bad signature, unknown key, wrong issuer, expired, or alg none."""
+
+
+class _JsonTooDeep(ValueError):
+    """JSON nested deeper than MAX_JSON_DEPTH, or deeper than the parser's recursion allows."""
+
+
+def _json_too_deep(value, limit=MAX_JSON_DEPTH):
+    """True when lists and objects in value nest more than limit levels. Iterative: no recursion."""
+    if not isinstance(value, (dict, list)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _load_json(text):
+    """json.loads, but JSON nested too deeply raises _JsonTooDeep (a ValueError), never RecursionError."""
+    too_deep = False
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        too_deep = True
+    # Raised outside the except block, so no RecursionError rides along as the context.
+    if too_deep or _json_too_deep(value):
+        raise _JsonTooDeep('JSON nested more than %d levels deep.' % MAX_JSON_DEPTH)
+    return value
 
 
 class DiscoveryError(OAuthError):
@@ -393,10 +430,11 @@ class OAuthClient(object):
             raise ResponseError('The JWKS of %s has no "keys" list.' % self.issuer)
         return data
 
-    def verify_jwt(self, token, now=None):
+    def verify_jwt(self, token, now=None, audience=None):
         """The claims of a JWT access token issued by this provider, after checking its signature
-        against the provider's JWKS, its issuer and its expiry."""
-        return verify_jwt(token, self.jwks(), self.issuer, now=now)
+        against the provider's JWKS, its issuer and its expiry (exp is required), and, when audience
+        (a string or a list of strings) is given, that its aud names at least one of them."""
+        return verify_jwt(token, self.jwks(), self.issuer, now=now, audience=audience)
 
     def _token_request(self, form, what):
         data = self._request_json('POST', self.endpoint('token_endpoint'), form=form, authenticate=True,
@@ -498,7 +536,10 @@ class OAuthClient(object):
         if allow_empty and 200 <= status < 300 and not body.strip():
             return {}
         try:
-            data = json.loads(body.decode('utf-8'))
+            data = _load_json(body.decode('utf-8'))
+        except _JsonTooDeep:
+            raise ResponseError('The %s answer from %s (HTTP %d) is nested too deeply to be JSON we accept '
+                                '(more than %d levels).' % (what, url, status, MAX_JSON_DEPTH), status=status)
         except (ValueError, UnicodeDecodeError):
             data = None
         if not isinstance(data, dict):
@@ -578,20 +619,29 @@ def _b64url_int(text):
     return int.from_bytes(_b64url(text), 'big')
 
 
-def jwt_parts(token):
-    """(header, claims, signing input, signature) of a compact JWS, or None when it is not a JWT."""
+def _jwt_decode(token):
+    """(parts, None) where parts is what jwt_parts returns, or (None, why) with why a short reason
+    without the token: 'not a JWT' or 'nested too deeply'."""
     if not isinstance(token, str) or token.count('.') != 2:
-        return None
+        return None, 'not a JWT'
     head, payload, signature = token.split('.')
     try:
-        header = json.loads(_b64url(head))
-        claims = json.loads(_b64url(payload))
+        header = _load_json(_b64url(head))
+        claims = _load_json(_b64url(payload))
         raw_signature = _b64url(signature)
+    except _JsonTooDeep:
+        return None, 'nested too deeply'
     except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
-        return None
+        return None, 'not a JWT'
     if not isinstance(header, dict) or not isinstance(claims, dict):
-        return None
-    return header, claims, ('%s.%s' % (head, payload)).encode('ascii'), raw_signature
+        return None, 'not a JWT'
+    return (header, claims, ('%s.%s' % (head, payload)).encode('ascii'), raw_signature), None
+
+
+def jwt_parts(token):
+    """(header, claims, signing input, signature) of a compact JWS, or None when it is not a JWT
+    (also when its header or payload is JSON nested too deeply to accept)."""
+    return _jwt_decode(token)[0]
 
 
 def jwt_claims(token):
@@ -600,8 +650,29 @@ def jwt_claims(token):
     return parts[1] if parts else None
 
 
-def verify_jwt(token, jwks, issuer, now=None, leeway=0):
-    """Verify a JWT's signature with a JWKS (RS*, PS*, ES*), its issuer and its time claims."""
+def _audience_list(value):
+    """A string or a list of strings as a list of strings; anything else as None."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def _show_audiences(audiences):
+    return (', '.join(repr(a) for a in audiences) or 'none')[:300]
+
+
+def verify_jwt(token, jwks, issuer, now=None, leeway=0, audience=None):
+    """Verify a JWT's signature with a JWKS (RS*, PS*, ES*), its issuer and its time claims (exp is
+    required). When audience (a string or a list of strings) is given, the token's aud must name at
+    least one of them."""
+    expected_audiences = None
+    if audience is not None:
+        expected_audiences = _audience_list(audience)
+        if not expected_audiences or not all(expected_audiences):
+            raise OAuthError('audience must be a non-empty string or a non-empty list of them, to check the JWT\'s aud '
+                             'against.')
     try:
         from cryptography.exceptions import InvalidSignature
         from cryptography.hazmat.primitives import hashes
@@ -609,7 +680,10 @@ def verify_jwt(token, jwks, issuer, now=None, leeway=0):
         from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
     except ImportError:
         raise OAuthError('The Python library cryptography is required to verify JWTs (pip install cryptography).')
-    parts = jwt_parts(token)
+    parts, why = _jwt_decode(token)
+    if why == 'nested too deeply':
+        raise TokenVerificationError('The JWT\'s header or payload is nested too deeply to be JSON we accept '
+                                     '(more than %d levels).' % MAX_JSON_DEPTH)
     if parts is None:
         raise TokenVerificationError('The token is not a JWT, so it cannot be verified (an opaque token).')
     header, claims, signing_input, signature = parts
@@ -648,8 +722,26 @@ def verify_jwt(token, jwks, issuer, now=None, leeway=0):
     if not isinstance(claims.get('iss'), str) or claims['iss'].rstrip('/') != normalize_issuer(issuer):
         raise TokenVerificationError('The JWT was issued by %r, not by %s.' % (claims.get('iss'), issuer))
     now = time.time() if now is None else now
-    if isinstance(claims.get('exp'), (int, float)) and now > claims['exp'] + leeway:
-        raise TokenVerificationError('The JWT expired at %d.' % claims['exp'])
+    exp = claims.get('exp')
+    if exp is None:
+        raise TokenVerificationError('The JWT has no exp claim: a token that never expires is not accepted.')
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not math.isfinite(exp):
+        raise TokenVerificationError('The JWT\'s exp claim is not a finite number of seconds (it is a %s).'
+                                     % type(exp).__name__)
+    if now > exp + leeway:
+        raise TokenVerificationError('The JWT expired at %d.' % exp)
     if isinstance(claims.get('nbf'), (int, float)) and now + leeway < claims['nbf']:
         raise TokenVerificationError('The JWT is not valid before %d.' % claims['nbf'])
+    if expected_audiences is not None:
+        found = claims.get('aud')
+        found_audiences = [] if found is None else _audience_list(found)
+        if found_audiences is None:
+            raise TokenVerificationError('The JWT\'s aud claim is neither a string nor a list of strings; expected '
+                                         'one of the audiences %s.' % _show_audiences(expected_audiences))
+        if not found_audiences:
+            raise TokenVerificationError('The JWT has no aud claim; expected one of the audiences %s.'
+                                         % _show_audiences(expected_audiences))
+        if not set(found_audiences) & set(expected_audiences):
+            raise TokenVerificationError('The JWT is meant for the audience(s) %s, not for any of the expected %s.'
+                                         % (_show_audiences(found_audiences), _show_audiences(expected_audiences)))
     return claims

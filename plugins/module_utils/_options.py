@@ -50,13 +50,20 @@ IDENTITY_OPTIONS = ('issuer', 'client_id', 'client_secret', 'auth_method')
 
 
 def oauth_client(get, account=None):
-    """An OAuthClient from the options, falling back to what an existing account stores."""
+    """An OAuthClient from the options, or for an existing account, from what the account stores.
+
+    An account's issuer and client are authoritative: an ``issuer`` or ``client_id`` option that names
+    another one is an error (AccountIdentityError), so that the account's refresh token is never sent
+    anywhere but its own issuer, whatever a task (or a variable a managed host set) says.
+    """
     from ansible_collections.oidc.tokens.plugins.module_utils._oauth import OAuthClient
 
     account = account or {}
+    if account:
+        check_account_identity(get, account)
     return OAuthClient(
-        get('issuer') or account.get('issuer_url') or account.get('issuer'),
-        get('client_id') or account.get('client_id'),
+        account.get('issuer_url') or account.get('issuer') or get('issuer'),
+        account.get('client_id') or get('client_id'),
         get('client_secret') or account.get('client_secret') or None,
         auth_method=get('auth_method') or account.get('token_endpoint_auth_method') or None,
         ca_path=get('ca_path') or account.get('cert_path') or None,
@@ -65,6 +72,23 @@ def oauth_client(get, account=None):
         retries=get('retries'),
         allow_insecure_http=get('allow_insecure_http'),
     )
+
+
+def check_account_identity(get, account):
+    """Raise AccountIdentityError when the issuer or client_id option differs from what ``account`` stores."""
+    from ansible_collections.oidc.tokens.plugins.module_utils._errors import AccountIdentityError
+    from ansible_collections.oidc.tokens.plugins.module_utils._oauth import normalize_issuer
+
+    stored = {'issuer': account.get('issuer_url') or account.get('issuer'), 'client_id': account.get('client_id')}
+    asked = {'issuer': get('issuer'), 'client_id': get('client_id')}
+    same = {'issuer': lambda a, b: normalize_issuer(a) == normalize_issuer(b), 'client_id': lambda a, b: a == b}
+    for option in ('issuer', 'client_id'):
+        if asked[option] and stored[option] and not same[option](asked[option], stored[option]):
+            raise AccountIdentityError(
+                'Account %r was made with %s %s, but the task names %s %s. An account\'s refresh token is only '
+                'ever sent to its own issuer, by its own client: leave %s unset for this account, or exchange a '
+                'new account for the other one.' % (account.get('name') or '', option, stored[option], option,
+                                                     asked[option], option))
 
 
 def account_client(get, account):

@@ -24,6 +24,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTok
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
     ProviderError, TOKEN_TYPE_REFRESH, jwt_claims, normalize_issuer, resolve_token_type)
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import Account, AccountStore
+from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
 
 
 class AccountExpiredError(OidcTokensError):
@@ -142,12 +143,43 @@ def account_is_usable(account, issuer=None, client_id=None, now=None):
     return None
 
 
-def _check_lifetime(name, account, now):
+def is_expired(account, now):
     end = account.meta.get('lifetime_end')
-    if end and now >= end:
-        raise AccountExpiredError('Account %r reached the end of its lifetime at %s; it hands out no more tokens. '
-                                  'Revoke it and exchange a new subject token.'
-                                  % (name, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))))
+    return bool(end and now >= end)
+
+
+def _expired_error(name, account, revocation):
+    return AccountExpiredError('Account %r reached the end of its lifetime at %s; it hands out no more tokens. '
+                               'Revoke it and exchange a new subject token. %s'
+                               % (name, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(account.meta['lifetime_end'])),
+                                  revocation))
+
+
+def _revoke_expired(name, account, client_for):
+    """Revoke the refresh token of an account past its lifetime (best effort).
+
+    The lifetime is only a bound if the provider enforces it too: a refresh token left alive would keep
+    working for anyone holding the account file and its password. Returns (the account to write or None,
+    what happened, for the error message).
+    """
+    token = account.get('refresh_token')
+    if not token:
+        return None, 'It holds no refresh token any more.'
+    try:
+        client_for(account).revoke(token, 'refresh_token')
+    except OidcTokensError as exc:
+        return None, 'Its refresh token could not be revoked at the provider (%s); revoke it with oidc_revoke.' % exc
+    return _emptied(account), 'Its refresh token was revoked at the provider and removed from the account.'
+
+
+def _emptied(account):
+    """The account without its refresh token and kept access token, marked revoked."""
+    emptied = account.copy()
+    emptied['refresh_token'] = ''
+    for key in ('access_token', 'access_token_expires_at', 'access_token_scope'):
+        emptied.meta.pop(key, None)
+    emptied.meta['revoked_at'] = int(time.time())
+    return emptied
 
 
 def _rejected(name, exc):
@@ -183,7 +215,9 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
 
     def under_lock(account):
         current = time.time() if now is None else now
-        _check_lifetime(name, account, current)
+        if is_expired(account, current):
+            emptied, revocation = _revoke_expired(name, account, client_for)
+            return emptied, (_expired_error(name, account, revocation), None)
         kept = cached_access_token(account, min_valid_period, current) if default and not force else None
         if kept is not None:
             return None, (kept, account)
@@ -193,13 +227,17 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
         if claims == 'verify' and jwt_claims(result['access_token']) is not None:
             # Before anything is written: an answer whose token fails verification is not trusted for its
             # refresh token either, and a token that failed must never be kept and handed out later.
-            result['claims'] = client.verify_jwt(result['access_token'])
+            result['claims'] = client.verify_jwt(result['access_token'], audience=audience or None)
         return updated, (result, updated)
 
     result, account = store.update(name, password, under_lock)
+    if isinstance(result, AccountExpiredError):
+        drop_account_entries(store.config_dir, name)
+        raise result
     # A kept token's claims are checked after the lock is released: no JWKS download holds up other workers.
     if claims and not result['claims'] and jwt_claims(result['access_token']) is not None:
-        result['claims'] = (client_for(account).verify_jwt(result['access_token']) if claims == 'verify'
+        result['claims'] = (client_for(account).verify_jwt(result['access_token'], audience=audience or None)
+                            if claims == 'verify'
                             else jwt_claims(result['access_token']))
     return result
 
@@ -241,6 +279,7 @@ def _token_result(account, token, expires_at, scope, refreshed, warnings):
         'scope': as_list(scope),
         'claims': {},
         'refreshed': refreshed,
+        'lifetime_end': account.meta.get('lifetime_end'),
         'warnings': warnings,
     }
 
@@ -277,12 +316,7 @@ def revoke_account(store, name, password, client_for, remove=True, force=False):
         if not token:
             return None, None
         result['changed'] = True
-        emptied = account.copy()
-        emptied['refresh_token'] = ''
-        for key in ('access_token', 'access_token_expires_at', 'access_token_scope'):
-            emptied.meta.pop(key, None)
-        emptied.meta['revoked_at'] = int(time.time())
-        return emptied, None
+        return _emptied(account), None
 
     try:
         store.update(name, password, fn)
@@ -293,4 +327,6 @@ def revoke_account(store, name, password, client_for, remove=True, force=False):
         result['warnings'].append('Account %r could not be read (%s); it was removed without revoking its refresh '
                                   'token because force is set.' % (name, exc))
         result['removed'] = result['changed'] = store.delete(name)
+    # The lookup's cached access tokens of the account go with it (on the controller; elsewhere there are none).
+    drop_account_entries(store.config_dir, name)
     return result

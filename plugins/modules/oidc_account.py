@@ -273,6 +273,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTok
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
     account_facts, as_list, build_account, revoke_account)
+from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
 
 # Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
 META_LIFETIME = 'lifetime'                       # the lifetime (seconds) lifetime_end was computed from
@@ -567,6 +568,7 @@ def absent(module, store):
         warnings.extend(outcome['warnings'])
     else:
         result['changed'] = store.delete(name)
+        drop_account_entries(store.config_dir, name)
     result.update(account=before, diff={'before': before, 'after': {}})
     return result
 

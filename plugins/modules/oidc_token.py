@@ -134,6 +134,10 @@ refreshed:
   description: Whether the refresh token was used (and possibly rotated) for this token.
   returned: always
   type: bool
+lifetime_end:
+  description: Epoch seconds when the account's lifetime ends (null when it has none); no token is handed out after.
+  returned: success, except in check mode when a refresh would be needed
+  type: int
 '''
 
 from ansible.module_utils.basic import AnsibleModule

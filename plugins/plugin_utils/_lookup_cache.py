@@ -35,7 +35,6 @@ Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -44,30 +43,21 @@ import time
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_names import InvalidAccountNameError, validate_name
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import (  # noqa: F401 (used by the lookup)
+    ENTRY_SUFFIX, account_id, default_cache_dir, digest as _digest, runtime_cache_dir)
 
 CACHE_VERSION = 1
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 LOCK_TIMEOUT = 300.0
 MAX_ENTRY_BYTES = 256 * 1024
-ENTRY_SUFFIX = '.json'
 _TMP_INFIX = '.tmp-'
-_HASH_CHARS = 32
 
 CLAIMS_MODES = (None, 'decode', 'verify')
 
 
 class TokenCacheError(OidcTokensError):
     """The cache directory or one of its files cannot be used safely."""
-
-
-def default_cache_dir(environ=None):
-    """``$XDG_RUNTIME_DIR/oidc-tokens`` (a per-user tmpfs) when set, else ``~/.cache/oidc-tokens``."""
-    environ = os.environ if environ is None else environ
-    runtime = environ.get('XDG_RUNTIME_DIR')
-    if runtime and os.path.isabs(runtime):
-        return os.path.join(runtime, 'oidc-tokens')
-    return os.path.join(os.path.expanduser('~'), '.cache', 'oidc-tokens')
 
 
 def cacheable_name(name):
@@ -79,22 +69,12 @@ def cacheable_name(name):
     return True
 
 
-def _digest(value):
-    data = json.dumps(value, sort_keys=True, separators=(',', ':'), ensure_ascii=True)
-    return hashlib.sha256(data.encode('ascii')).hexdigest()[:_HASH_CHARS]
-
-
 def _sorted_list(value):
     if not value:
         return []
     if isinstance(value, str):
         value = value.split()
     return sorted(set(str(v) for v in value if v))
-
-
-def account_id(config_dir, name):
-    """The hash naming an account's entries and lock: absolute config_dir and account name."""
-    return _digest(['account', str(config_dir), str(name)])
 
 
 def entry_key(scope=None, audience=None, resource=None, issuer=None, client_id=None):
@@ -144,6 +124,9 @@ def usable(entry, now, min_valid_period, stamp, claims=None):
         return False
     if stamp is None or entry.get('account_stamp') != stamp:
         return False
+    lifetime_end = entry.get('lifetime_end')
+    if isinstance(lifetime_end, (int, float)) and now >= lifetime_end:
+        return False   # the account's lifetime ended: the miss revokes it
     return claims_satisfied(entry.get('claims_mode'), claims)
 
 
@@ -160,6 +143,7 @@ def make_entry(name, config_dir, result, stamp, claims_mode, now=None):
         'claims': result.get('claims') or {},
         'claims_mode': claims_mode,
         'account_stamp': stamp,
+        'lifetime_end': result.get('lifetime_end'),
         'created_at': int(time.time() if now is None else now),
     }
 

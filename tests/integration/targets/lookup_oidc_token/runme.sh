@@ -26,8 +26,13 @@ trap 'rm -rf "$WORK"' EXIT
     echo 'ansible_connection=local'
 } >"$WORK/inventory.ini"
 
-# The lookup reads cache_dir from the environment (option cache_dir, env OIDC_TOKENS_CACHE_DIR).
+# The lookup reads its paths and trust settings from the controller's environment (or ansible.cfg),
+# never from host variables: cache_dir, config_dir, the password file and the provider's CA.
 export OIDC_TOKENS_CACHE_DIR="$WORK/cache"
+export OIDC_CONFIG_DIR="$WORK/accounts"
+export OIDC_TOKENS_ENCRYPTION_PASSWORD_FILE="$WORK/password"
+OIDC_TOKENS_CA_PATH=$(sed -n 's/^oidc_tokens_test_ca_path: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$CONFIG")
+export OIDC_TOKENS_CA_PATH
 
 ansible-playbook lookup.yml -i "$WORK/inventory.ini" --forks "$FORKS" \
     -e "@$CONFIG" -e "lookup_test_work=$WORK" -e "lookup_test_hosts=$HOSTS" "$@"

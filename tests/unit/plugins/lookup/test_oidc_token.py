@@ -184,16 +184,44 @@ def test_options_from_the_environment(monkeypatch, option, env_name, value, expe
 
 
 @pytest.mark.parametrize('option, var_name, value', [
-    ('config_dir', 'oidc_tokens_config_dir', '/srv/accounts'),
-    ('cache_dir', 'oidc_tokens_cache_dir', '/srv/cache'),
     ('encryption_password', 'oidc_tokens_encryption_password', 'secret'),
-    ('encryption_password_file', 'oidc_tokens_encryption_password_file', '/run/secrets/pw'),
-    ('client_secret', 'oidc_tokens_client_secret', 'client secret'),
-    ('issuer', 'oidc_tokens_issuer', ISSUER),
-    ('ca_path', 'oidc_tokens_ca_path', '/etc/ssl/op.pem'),
+    ('min_valid_period', 'oidc_tokens_min_valid_period', 600),
 ])
-def test_options_from_variables(option, var_name, value):
+def test_options_a_host_may_set(option, var_name, value):
     assert options_of({var_name: value}).get_option(option) == value
+
+
+# What a compromised managed host could set through the facts it returns (Ansible turns them into host
+# variables): none of these may steer where the controller's credentials go, what TLS it trusts, which
+# command it runs or which file it reads or writes.
+TRUST_VARIABLES = [
+    ('issuer', 'oidc_tokens_issuer', 'https://attacker.example.net/'),
+    ('client_id', 'oidc_tokens_client_id', 'attacker'),
+    ('client_secret', 'oidc_tokens_client_secret', 'client secret'),
+    ('ca_path', 'oidc_tokens_ca_path', '/tmp/attacker-ca.pem'),
+    ('validate_certs', 'oidc_tokens_validate_certs', False),
+    ('allow_insecure_http', 'oidc_tokens_allow_insecure_http', True),
+    ('config_dir', 'oidc_tokens_config_dir', '/tmp/attacker-accounts'),
+    ('cache_dir', 'oidc_tokens_cache_dir', '/tmp/attacker-cache'),
+    ('encryption_password_file', 'oidc_tokens_encryption_password_file', '/tmp/attacker-pw'),
+    ('encryption_password_env', 'oidc_tokens_encryption_password_env', 'ATTACKER'),
+    ('encryption_password_command', 'oidc_tokens_encryption_password_command', 'touch /tmp/pwned'),
+]
+
+
+@pytest.mark.parametrize('option, var_name, value', TRUST_VARIABLES)
+def test_host_variables_set_no_trust_option(option, var_name, value):
+    defaults = options_of()
+    assert options_of({var_name: value}).get_option(option) == defaults.get_option(option)
+
+
+def test_no_trust_option_has_a_variable_source():
+    """The rule, for options added later too: only encryption_password and min_valid_period read variables."""
+    from ansible import constants as C
+    definitions = C.config.get_configuration_definitions('lookup', new_lookup()._load_name)
+    assert 'issuer' in definitions
+    with_vars = sorted(name for name, definition in definitions.items() if definition.get('vars'))
+    assert with_vars == ['encryption_password', 'min_valid_period']
 
 
 def test_issuer_alias():
@@ -218,9 +246,10 @@ def test_option_vars_are_templated_and_filtered():
 
     lookup = new_lookup()
     lookup._templar = Templar()
-    out = lookup._option_vars({'oidc_tokens_config_dir': '{{ base }}/accounts', 'unrelated': '{{ boom }}',
-                               'oidc_tokens_cache_dir': '{{ base }}/cache'})
-    assert out == {'oidc_tokens_config_dir': '/srv/accounts', 'oidc_tokens_cache_dir': '/srv/cache'}
+    out = lookup._option_vars({'oidc_tokens_min_valid_period': '{{ base }}', 'unrelated': '{{ boom }}',
+                               'oidc_tokens_encryption_password': '{{ base }}/pw',
+                               'oidc_tokens_config_dir': '{{ base }}/accounts'})
+    assert out == {'oidc_tokens_min_valid_period': '/srv', 'oidc_tokens_encryption_password': '/srv/pw'}
     assert '{{ boom }}' not in lookup._templar.seen
 
 

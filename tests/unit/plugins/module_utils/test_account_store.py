@@ -348,7 +348,7 @@ def test_retry_reads_file_rewritten_in_place(tmp_path, saved_file):
     '', '.', '..', '../x', 'a/b', '/etc/passwd', 'x/../y', '.hidden', 'a\x00b', 'a\\b',
     'issuer.config', 'pubclients.config', 'any.config', 'config', 'x.clientconfig',
     'x.clientconfig12', 'x.clientconfig.bak', 'x.stats', 'x.log', 'a' * 129, 'sp ace',
-    'new\nline', 'a..b',
+    'new\nline', 'a..b', 'job1\n', 'job1\r\n', '\njob1',
 ])
 def test_invalid_names(store, name):
     with pytest.raises(InvalidAccountNameError):
@@ -759,6 +759,7 @@ def test_password_sources(tmp_path, monkeypatch):
     assert resolve_password(password='direct') == 'direct'
     pw_file = tmp_path / 'pw'
     pw_file.write_bytes(b'from file\nsecond line\n')
+    pw_file.chmod(0o600)
     assert resolve_password(password_file=str(pw_file)) == 'from file'
     monkeypatch.setenv('MY_PW', 'from env')
     assert resolve_password(password_env='MY_PW') == 'from env'
@@ -791,6 +792,36 @@ def test_password_source_errors(tmp_path, monkeypatch):
     assert 'leaked' not in str(exc.value)
     with pytest.raises(PasswordSourceError, match='empty'):
         resolve_password(password_command='true')
+
+
+def test_password_file_others_can_read_is_refused(tmp_path):
+    """A password kept where group or others can read it protects nothing: refused, not used."""
+    pw_file = tmp_path / 'pw'
+    pw_file.write_bytes(b'exposed password\n')
+    for mode in (0o644, 0o640, 0o604, 0o620):
+        pw_file.chmod(mode)
+        with pytest.raises(PasswordSourceError, match='mode %04o' % mode) as exc:
+            resolve_password(password_file=str(pw_file))
+        assert 'exposed' not in str(exc.value)
+
+
+def test_password_file_planted_as_fifo_fails_without_blocking(tmp_path):
+    fifo = tmp_path / 'pw'
+    os.mkfifo(str(fifo), 0o600)
+    start = time.monotonic()
+    with pytest.raises(PasswordSourceError, match='not a regular file'):
+        resolve_password(password_file=str(fifo))
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='making a file of another user needs root')
+def test_password_file_of_another_user_is_refused(tmp_path):
+    pw_file = tmp_path / 'pw'
+    pw_file.write_bytes(b'planted password\n')
+    pw_file.chmod(0o600)
+    os.chown(str(pw_file), 65534, 65534)
+    with pytest.raises(PasswordSourceError, match='belongs to uid 65534'):
+        resolve_password(password_file=str(pw_file))
 
 
 def test_password_is_never_in_error_messages(store):

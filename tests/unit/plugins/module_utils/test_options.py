@@ -6,6 +6,7 @@ import pytest
 
 from ansible_collections.oidc.tokens.plugins.module_utils import _options
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import PasswordSourceError
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import AccountIdentityError
 
 ACCOUNT = {
     'issuer_url': 'https://account-issuer.example/',
@@ -43,11 +44,30 @@ def test_client_falls_back_to_what_the_account_stores():
     assert client.ca_path == '/etc/account-ca.pem' and client.auth_method == 'client_secret_post'
 
 
-def test_options_override_the_account():
-    client = _options.oauth_client(getter(issuer='https://other.example', client_id='other', ca_path='/ca.pem',
-                                          auth_method='client_secret_basic', timeout=3), ACCOUNT)
+def test_transport_options_override_the_account():
+    client = _options.oauth_client(getter(issuer='https://account-issuer.example', client_id='account-client',
+                                          ca_path='/ca.pem', auth_method='client_secret_basic', timeout=3), ACCOUNT)
     assert (client.issuer, client.client_id, client.ca_path, client.auth_method, client.timeout) == (
-        'https://other.example', 'other', '/ca.pem', 'client_secret_basic', 3)
+        'https://account-issuer.example', 'account-client', '/ca.pem', 'client_secret_basic', 3)
+
+
+@pytest.mark.parametrize('option, value, stored', [
+    ('issuer', 'https://attacker.example', 'https://account-issuer.example/'),
+    ('issuer', 'https://account-issuer.example/other', 'https://account-issuer.example/'),
+    ('client_id', 'other', 'account-client'),
+])
+def test_another_issuer_or_client_than_the_accounts_is_an_error(option, value, stored):
+    """The account's refresh token is only ever sent to its own issuer, by its own client."""
+    with pytest.raises(AccountIdentityError) as exc:
+        _options.oauth_client(getter(**{option: value}), dict(ACCOUNT, name='job1'))
+    message = str(exc.value)
+    assert value in message and stored in message and 'job1' in message
+    assert 'account-secret' not in message
+
+
+def test_the_accounts_issuer_with_or_without_a_trailing_slash_is_the_same():
+    client = _options.oauth_client(getter(issuer='https://account-issuer.example'), ACCOUNT)
+    assert client.issuer == 'https://account-issuer.example'
 
 
 def test_account_client_ignores_the_tasks_identity_but_keeps_transport_options():
@@ -60,6 +80,7 @@ def test_account_client_ignores_the_tasks_identity_but_keeps_transport_options()
 def test_password_comes_from_exactly_one_source(tmp_path, monkeypatch):
     secret_file = tmp_path / 'pw'
     secret_file.write_text('from-file\n')
+    secret_file.chmod(0o600)
     monkeypatch.setenv('ACCOUNT_PW', 'from-env')
     assert _options.encryption_password(getter(encryption_password='direct')) == 'direct'
     assert _options.encryption_password(getter(encryption_password_file=str(secret_file))) == 'from-file'
