@@ -32,6 +32,9 @@ options:
     description:
       - The name of an environment variable that holds the password, in the environment of the module on the
         target or of the lookup on the controller.
+      - On a remote host, Ansible's C(environment) keyword puts the value on the command line of the module's
+        process, where other users of that host can read it in the process list. There, prefer
+        O(encryption_password) (from Ansible Vault), O(encryption_password_file) or O(encryption_password_command).
     type: str
   encryption_password_command:
     description:

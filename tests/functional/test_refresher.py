@@ -7,6 +7,7 @@ live a few seconds, so every test sees several of them come and go.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ class Job(object):
         self.dir = tmp_path
         exchanger = provider.client('oidc-tokens-exchanger')
         client = OAuthClient(provider.issuer, exchanger['client_id'], exchanger['client_secret'])
+        self.exchanger = client
         token = _tokens.exchange(client, provider.user_access_token(), scope=SCOPE)
         account = _tokens.build_account(name, provider.issuer, exchanger['client_id'], exchanger['client_secret'],
                                         token.refresh_token, token.scope, lifetime=lifetime)
@@ -112,6 +114,25 @@ class Job(object):
     def refresh_token(self):
         return self.store.load(self.name, PASSWORD)['refresh_token']
 
+    def rt_active(self, refresh_token):
+        """The provider's word on a refresh token, asked by the client it belongs to."""
+        return self.exchanger.introspect(refresh_token, 'refresh_token')['active']
+
+    @property
+    def state_file(self):
+        return self.state_dir / ('%s.state.json' % self.name)
+
+    def state(self):
+        with open(self.state_file, encoding='utf-8') as handle:
+            return json.load(handle)
+
+    def vouch_for(self, content):
+        """The worst case: the state file vouches for ``content`` as a token the refresher wrote, valid for an hour."""
+        state = self.state()
+        state.update(token_digest=hashlib.sha256(content.encode('utf-8')).hexdigest()[:16],
+                     expires_at=int(time.time()) + 3600)
+        write_secret_file(str(self.state_file), json.dumps(state))
+
 
 class Reader(threading.Thread):
     """A job: reads the bearer-token file every `period` seconds and has the provider introspect it."""
@@ -148,6 +169,20 @@ class Reader(threading.Thread):
 def op(provider_factory):
     """A provider whose access tokens live AT_TTL seconds (opaque, so a resource server can introspect them)."""
     return provider_factory(at_ttl=AT_TTL)
+
+
+@pytest.fixture(scope='module')
+def op_long(provider_factory):
+    """A provider whose access tokens outlive the short accounts that use it: the refresher refreshes once, at
+    its first pass, so the refresh token read after that pass is the one it holds at the end of the lifetime."""
+    return provider_factory(at_ttl=300)
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 def alive(pid):
@@ -314,8 +349,177 @@ def test_the_end_of_the_lifetime_removes_the_file_and_stops(op, tmp_path):
             stop(proc)
     assert time.time() >= job.lifetime_end
     assert not job.token_file.exists()
+    assert not job.store.exists(job.name)
     assert 'end of its lifetime' in job.log_text()
     assert json.loads(job.run('status').stdout)['status'] == 'expired'
+
+
+def test_the_end_of_the_lifetime_revokes_the_refresh_token_and_removes_the_account(op_long, tmp_path):
+    job = Job(op_long, tmp_path, lifetime=6, password_file_managed=True)
+    proc = job.start()
+    try:
+        job.wait_for_token()
+        refresh_token = job.refresh_token()     # the current one: no refresh happens before the end
+        assert job.rt_active(refresh_token)
+        # The loop sleeps until the end of the lifetime (not max_sleep, 300 s), then ends the account.
+        assert proc.wait(job.lifetime_end - time.time() + 8) == 3
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    stderr = proc.stderr.read()
+    assert time.time() >= job.lifetime_end
+    assert not job.rt_active(refresh_token), 'the refresh token lives on at the provider'
+    assert not os.path.exists(job.store.path(job.name))
+    assert not job.password_file.exists()
+    assert not job.token_file.exists()
+    log = job.log_text()
+    assert 'revoked the refresh token at the provider' in log and 'Removed the password file' in log
+    for secret in (PASSWORD, refresh_token, job.first_refresh_token):
+        assert secret not in log and secret not in stderr
+    assert json.loads(job.run('status').stdout)['status'] == 'expired'
+    # A watchdog starting it again finds the account over and does nothing.
+    assert job.run('run').returncode == 0
+
+
+def test_once_after_the_end_of_the_lifetime_revokes_the_refresh_token_and_removes_the_account(op_long, tmp_path):
+    job = Job(op_long, tmp_path, lifetime=4, password_file_managed=True)
+    first = job.run('once')
+    assert first.returncode == 0, first.stderr
+    refresh_token = job.refresh_token()
+    assert job.rt_active(refresh_token) and job.token_file.exists()
+    time.sleep(max(0.0, job.lifetime_end - time.time()) + 0.5)
+    ended = job.run('once')
+    assert ended.returncode == 3, ended.stderr
+    assert not job.rt_active(refresh_token), 'the refresh token lives on at the provider'
+    assert not os.path.exists(job.store.path(job.name))
+    assert not job.password_file.exists()
+    assert not job.token_file.exists()
+    assert 'revoked the refresh token at the provider' in ended.stderr
+    assert PASSWORD not in ended.stderr and refresh_token not in ended.stderr
+
+
+def test_a_failed_revocation_at_the_end_keeps_the_account_until_the_provider_revokes(provider_factory, tmp_path):
+    port = free_port()
+    provider = provider_factory(issuer='http://127.0.0.1:%d' % port, at_ttl=300)
+    with FaultProxy(provider.url, port=port) as proxy:
+        job = Job(provider, tmp_path, lifetime=5)   # the user's own password file: not the refresher's to remove
+        proc = job.start()
+        try:
+            job.wait_for_token()
+            refresh_token = job.refresh_token()
+            proxy.default = 'refuse'                # the provider is unreachable at the end of the lifetime
+            time.sleep(max(0.0, job.lifetime_end - time.time()) + 4)
+            assert proc.poll() is None, proc.stderr.read()
+            # The refresh token was not revoked: the account stays, so that it can be; the token file went.
+            assert job.store.exists(job.name) and job.refresh_token() == refresh_token
+            assert not job.token_file.exists()
+            assert 'Revocation failed (RevocationError)' in job.log_text()
+            status = json.loads(job.run('status').stdout)
+            assert status['status'] == 'retrying' and 'RevocationError' in status['last_error']
+            once = job.run('once')
+            assert once.returncode == 1 and 'was not revoked' in once.stderr
+            assert job.store.exists(job.name)
+            proxy.clear()                           # the provider is back: the loop revokes, then ends
+            assert proc.wait(15) == 3
+        finally:
+            if proc.poll() is None:
+                stop(proc)
+        assert not job.rt_active(refresh_token)
+    assert not os.path.exists(job.store.path(job.name))
+    assert not job.token_file.exists()
+    assert job.password_file.exists()
+    log = job.log_text()
+    assert 'revoked the refresh token at the provider' in log
+    assert PASSWORD not in log and refresh_token not in log
+
+
+# -- files that are not ours at the token, state and pid paths --------------------------------------
+
+def test_a_fifo_at_the_token_path_blocks_no_command(op, tmp_path):
+    job = Job(op, tmp_path)
+    os.mkfifo(job.token_file, 0o600)
+    where = '%s: it is a FIFO' % job.token_file
+    check = job.run('check', timeout=15)      # an open() without O_NONBLOCK would hang here
+    assert check.returncode == 1 and where in check.stderr, check.stderr
+    once = job.run('once', timeout=15)
+    assert once.returncode == 1 and where in once.stderr, once.stderr
+    assert stat.S_ISFIFO(os.lstat(job.token_file).st_mode)
+    status = json.loads(job.run('status', timeout=15).stdout)
+    assert where in status['token_file_error'] and not status['token_present']
+    assert 'FIFO' in status['last_error']
+    printed = job.run('token', timeout=15)    # from the account, never from the FIFO
+    assert printed.returncode == 0 and job.active(printed.stdout.strip())
+    assert where in printed.stderr
+    proc = job.start()
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, proc.stderr.read()
+        assert where in job.log_text() and 'next try in' in job.log_text()
+        os.unlink(job.token_file)               # whoever planted it is gone: the loop writes the file
+        assert job.active(job.wait_for_token())
+    finally:
+        assert stop(proc) == 0
+
+
+def test_a_symbolic_link_at_the_token_path_is_refused(op, tmp_path):
+    job = Job(op, tmp_path)
+    assert job.run('once').returncode == 0
+    planted = tmp_path / 'planted'
+    write_secret_file(str(planted), 'planted-token\n')
+    os.unlink(job.token_file)
+    job.token_file.symlink_to(planted)
+    job.vouch_for('planted-token')
+    where = '%s: it is a symbolic link' % job.token_file
+    check = job.run('check', timeout=15)
+    assert check.returncode == 1 and where in check.stderr, check.stderr
+    printed = job.run('token', timeout=15)
+    assert printed.returncode == 0 and printed.stdout.strip() != 'planted-token' and where in printed.stderr
+    assert job.active(printed.stdout.strip())
+    once = job.run('once', timeout=15)
+    assert once.returncode == 1 and where in once.stderr
+    assert job.token_file.is_symlink() and planted.read_text() == 'planted-token\n'
+
+
+def test_a_token_file_of_another_user_is_never_used(op, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip('planting a file of another user takes root (chown); the CI runs this as root')
+    job = Job(op, tmp_path)
+    assert job.run('once').returncode == 0
+    os.unlink(job.token_file)
+    job.token_file.write_text('planted-by-uid-65534\n')
+    os.chmod(job.token_file, 0o644)
+    os.chown(job.token_file, 65534, 65534)
+    job.vouch_for('planted-by-uid-65534')      # even a content the state vouches for is not used
+    where = '%s: it is a regular file owned by uid 65534' % job.token_file
+    check = job.run('check', timeout=15)
+    assert check.returncode == 1 and where in check.stderr, check.stderr
+    printed = job.run('token', timeout=15)
+    assert printed.returncode == 0 and 'planted' not in printed.stdout and where in printed.stderr
+    assert job.active(printed.stdout.strip())
+    once = job.run('once', timeout=15)
+    assert once.returncode == 1 and where in once.stderr
+    assert 'keeping the current access token' not in once.stderr
+    status = json.loads(job.run('status', timeout=15).stdout)
+    assert not status['token_present'] and status['valid_for'] is None and where in status['token_file_error']
+    st = os.lstat(job.token_file)
+    assert st.st_uid == 65534 and job.token_file.read_text() == 'planted-by-uid-65534\n'
+
+
+def test_a_fifo_or_link_at_the_state_or_pid_file_blocks_nothing(op, tmp_path):
+    job = Job(op, tmp_path)
+    job.state_dir.mkdir(mode=0o700)
+    state = job.state_file
+    os.mkfifo(state, 0o600)
+    for command in ('check', 'status', 'once'):
+        done = job.run(command, timeout=15)
+        assert done.returncode == 1 and '%s: it is a FIFO' % state in done.stderr, (command, done.stderr)
+    os.unlink(state)
+    pid = job.state_dir / ('%s.pid' % job.name)
+    pid.symlink_to(tmp_path / 'elsewhere')
+    for command in ('status', 'stop', 'run'):
+        done = job.run(command, timeout=15)
+        assert done.returncode == 1 and '%s: it is a symbolic link' % pid in done.stderr, (command, done.stderr)
+    assert not (tmp_path / 'elsewhere').exists()
 
 
 # -- outages ------------------------------------------------------------------------------------
