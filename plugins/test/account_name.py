@@ -12,7 +12,7 @@ version_added: 0.2.0
 short_description: Whether a string is an account name the account store accepts
 description:
   - True when the input is a safe oidc-agent account short name, by the same rule the account store, the modules
-    and the lookup apply, one rule everywhere. Letters, digits and C(. _ - @ + = , : ~), not starting with C(.),
+    and the lookup apply, one rule everywhere. Letters, digits and the characters C(._-@+=,:~), not starting with C(.),
     no C(..), at most 128 characters, not a name oidc-agent reserves (C(config), C(*.config), C(*.clientconfig*),
     C(*.stats), C(*.log)), and nothing else, not even a final newline.
   - The role M(oidc.tokens.job_tokens) checks its account name with it before the name reaches a path, a systemd

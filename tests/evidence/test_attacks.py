@@ -318,7 +318,7 @@ def test_a_planted_bearer_token_file_is_never_used_and_blocks_nothing(provider_f
         plant(worker.tmp_file, kind)
         # By default the token goes to the job user's private directory: the planted path is not even looked at.
         run = worker.role('start')
-        assert run.rc == 0, run.stdout[-5000:]
+        assert run.rc == 0, run.stdout[-5000:] + run.stderr[-3000:]
         with open(worker.token_file_note, encoding='utf-8') as handle:
             token_file = handle.read()
         assert token_file == os.path.join(worker.run_dir, str(worker.entry.pw_uid), 'bt_u%d' % worker.entry.pw_uid)

@@ -266,7 +266,8 @@ class Watcher(threading.Thread):
     def private(path):
         """The files the collection makes for the job user (the account, its lock, the refresher's files)."""
         return ('/.config/oidc-agent/' in path or '/.config/oidc-tokens/' in path
-                or '/.local/state/oidc-tokens/' in path or os.path.basename(path).startswith('bt_u'))
+                or '/.local/state/oidc-tokens/' in path or '/run/oidc-tokens/' in path
+                or os.path.basename(path).startswith('bt_u'))
 
     def stop(self):
         self.halt.set()
@@ -290,7 +291,9 @@ def test_flow_b_job_tokens_role(world):
         helper = world.subject_helper
         env = dict(world.subject_env, EV_SECRET=world.op.client(EXCHANGER)['client_secret'], EV_JOB_PW=JOB_PASSWORD)
         uid = entry.pw_uid
-        token_file = '/tmp/bt_u%d' % uid
+        # No runtime directory on this machine: the role's private directory of the job user under /run.
+        private_dir = '/run/oidc-tokens/%d' % uid
+        token_file = os.path.join(private_dir, 'bt_u%d' % uid)
         inventory = ansible.write_private('inventory.yml', {'all': {'children': {'workers': {
             'hosts': {'worker1': {'job_tokens_user': JOB_USER}},
             'vars': {
@@ -306,7 +309,7 @@ def test_flow_b_job_tokens_role(world):
                 'job_command': 'for i in 1 2 3 4 5 6 7 8; do test -s "$BEARER_TOKEN_FILE" || exit 9; sleep 1; done',
                 'job_poll': 1,
             }}}}})
-        roots = [entry.pw_dir, token_file]
+        roots = [entry.pw_dir, private_dir]
         watcher = Watcher(world, roots, uid)
         watcher.start()
         log_path = os.path.join(base, 'ansible.log')
@@ -334,7 +337,7 @@ def test_flow_b_job_tokens_role(world):
         assert not bad, bad
         world.extra_roots.extend([base, entry.pw_dir, shared])
         for path in ('/var/spool/cron/crontabs/%s' % JOB_USER, '/var/mail/%s' % JOB_USER,
-                     '/var/spool/mail/%s' % JOB_USER, token_file):
+                     '/var/spool/mail/%s' % JOB_USER, token_file, private_dir):
             if os.path.exists(path):
                 world.extra_roots.append(path)
         # Scan now, while the job user and the shared directory still exist.

@@ -89,8 +89,10 @@ def main(provider_json, tokens_json, results_dir, duration, account, users):
                   % (user, job['invalid'], job['missing'], job['errors']))
             check(job['distinct_tokens'] >= 3, '%s: the token was refreshed while the job ran (%d distinct tokens)'
                   % (user, job['distinct_tokens']))
-            check(job['token_file'] == '/tmp/bt_u%d' % uid,
-                  '%s: the job found the token at the WLCG location /tmp/bt_u%d (%s)' % (user, uid, job['token_file']))
+            # No runtime directory here: the job user's private directory under /run/oidc-tokens, never /tmp.
+            check(job['token_file'] == '/run/oidc-tokens/%d/bt_u%d' % (uid, uid),
+                  '%s: the job found the token in its private directory /run/oidc-tokens/%d (%s)'
+                  % (user, uid, job['token_file']))
 
         held = tokens.get(user) or {}
         check(held.get('seen_account') and held.get('last'), '%s: the watcher saw the account and its refresh token'
@@ -105,6 +107,8 @@ def main(provider_json, tokens_json, results_dir, duration, account, users):
             os.path.join(home, '.config', 'oidc-agent', account),
             '/tmp/bt_u%d' % uid,
             '/run/user/%d/bt_u%d' % (uid, uid),
+            '/run/oidc-tokens/%d/bt_u%d' % (uid, uid),
+            '/run/oidc-tokens/%d/%s.password' % (uid, account),
             os.path.join(home, '.config', 'oidc-tokens', 'refresher', account + '.json'),
             os.path.join(home, '.config', 'oidc-tokens', 'refresher', account + '.password'),
             os.path.join(home, '.local', 'state', 'oidc-tokens', account + '.pid'),

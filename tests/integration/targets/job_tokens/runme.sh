@@ -202,7 +202,8 @@ grep -A1 'TASK \[oidc.tokens.job_tokens : Install the refresher bundle\]' "$WORK
 [ "$(stat_of revocations)" -eq $((revoked_before + 1)) ] ||
     { cat "$WORK/failing.log"; die "the failing job's refresh token was not revoked"; }
 uid=$(id -u oidcjob1)
-for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/tmp/bt_u$uid" "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
+for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/run/oidc-tokens/$uid/bt_u$uid" "/run/oidc-tokens/$uid/$ACCOUNT.password" \
+    "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
     [ ! -e "$path" ] || die "$path is left after the failing job"
 done
 ! crontab -l -u oidcjob1 2>/dev/null | grep -q oidc-tokens-refresher || die "the cron entry is left after the failing job"
