@@ -209,7 +209,7 @@ class TokenCache(object):
 
     @staticmethod
     def _read_path(path):
-        flags = os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
         try:
             fd = os.open(path, flags)
         except OSError:

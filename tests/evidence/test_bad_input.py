@@ -24,7 +24,8 @@ import pytest
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from evidence import (
-    EXCHANGER, LEDGER, SCOPE, Ansible, exchange_account, oauth_client, play, proxied_provider, snapshot, snapshot_diff)
+    EXCHANGER, LEDGER, SCOPE, Ansible, exchange_account, oauth_client, play, proxied_provider, rt_active, snapshot,
+    snapshot_diff)
 from fault_proxy import FaultProxy
 
 SUITE = 'bad_input'
@@ -43,9 +44,12 @@ class Case(object):
     because of a known bug of the collection (reported in docs/evidence.md); the test is then an
     expected failure that turns into an error once the bug is fixed."""
 
-    def __init__(self, cid, what, layer, expected, task=None, setup=None, account='good', bug=None):
+    def __init__(self, cid, what, layer, expected, task=None, setup=None, account='good', bug=None, writes=None):
         self.id, self.what, self.layer, self.expected = cid, what, layer, expected
         self.task, self.setup, self.account, self.bug = task, setup, account, bug
+        # writes: the one account file the case must change (an expired account is emptied of its revoked
+        # refresh token); everything else must stay byte-identical.
+        self.writes = writes
         self.env = {}
         self.secrets = [PASSWORD]
         self.dir = None
@@ -240,6 +244,17 @@ def account_with(**changes):
     return setup
 
 
+def expired_account(world, case):
+    """An account of its own (its refresh token is revoked by the case) whose lifetime ended."""
+    exchange_account(world.op, case.config_dir, 'expired', PASSWORD)
+    store = AccountStore(case.config_dir)
+    account = store.load('expired', PASSWORD)
+    account.meta['lifetime_end'] = 1700000000
+    store.save('expired', account, PASSWORD)
+    case.expired_rt = account['refresh_token']
+    case.secrets.append(case.expired_rt)
+
+
 def revoked_rt(world, case):
     name = 'revoked'
     exchange_account(world.op, case.config_dir, name, PASSWORD)
@@ -276,6 +291,20 @@ def unset_password(world, case):
 
 def password_file_missing(world, case):
     case.vars['missing_file'] = os.path.join(case.dir, 'no-such-password-file')
+
+
+def readable_password_file(world, case):
+    path = os.path.join(case.dir, 'readable-password')
+    with open(path, 'w', encoding='utf-8') as handle:
+        handle.write(PASSWORD + '\n')
+    os.chmod(path, 0o644)
+    case.vars['readable_file'] = path
+
+
+def fifo_password_file(world, case):
+    path = os.path.join(case.dir, 'fifo-password')
+    os.mkfifo(path, 0o600)
+    case.vars['fifo_file'] = path
 
 
 def steps(*fns):
@@ -356,6 +385,8 @@ CASES = [
          exchange(), canned_exchange(200, b'{"access_token": "abc", "refresh_tok')),
     Case('token-huge', 'a 4 MiB answer', 'oidc_token_exchange', r'larger than 1048576 bytes', exchange(),
          canned_exchange(200, {'refresh_token': 'x' * (4 * 1024 * 1024)})),
+    Case('token-json-nested', 'JSON nested 100000 levels deep', 'oidc_token_exchange', r'nested too deeply',
+         exchange(), canned_exchange(200, b'{"a": ' + b'[' * 100000 + b']' * 100000 + b'}')),
     Case('token-empty-object', 'an answer without any token', 'oidc_token_exchange',
          r'contains no token \(fields: none\)', exchange(), canned_exchange(200, b'{}')),
     Case('token-no-refresh-token', 'an access token but no refresh token', 'oidc_token_exchange',
@@ -400,6 +431,17 @@ CASES = [
     Case('name-space', "a name with a space ('my job')", 'oidc_token', r'only letters, digits',
          token(name='my job'), None),
     Case('name-empty', 'an empty name', 'oidc_token', r'it is empty', token(name=''), None),
+    Case('name-trailing-newline', "a name with a final newline ('good\\n')", 'oidc_token', r'Invalid account name',
+         token(name='good\n'), None),
+    # an account's own issuer and client
+    Case('issuer-not-the-accounts', "another issuer than the account's", 'oidc_token',
+         r'made with issuer .* but the task names issuer https://attacker\.example.*only ever sent to its own issuer',
+         token(issuer='https://attacker.example', force=True), None),
+    Case('client-not-the-accounts', "another client than the account's", 'oidc_revoke',
+         r'made with client_id .* but the task names client_id attacker', revoke(client_id='attacker'), None),
+    Case('lookup-issuer-not-the-accounts', "the lookup naming another issuer than the account's", 'lookup',
+         r'only ever sent to its own issuer', lookup("'good'", issuer="'https://attacker.example'", **LOOKUP_BASE),
+         None),
     # passwords
     Case('password-wrong', 'a wrong password', 'oidc_token', r'Wrong encryption password for account .good.',
          token(), env_password('not the password')),
@@ -410,6 +452,12 @@ CASES = [
          r'Cannot read the password file', token(encryption_password_env=None,
                                                  encryption_password_file='{{ missing_file }}'),
          password_file_missing),
+    Case('password-file-readable', 'a password file others can read (mode 0644)', 'oidc_token',
+         r'Refusing the password file .*group or others have access to it \(mode 0644\)',
+         token(encryption_password_env=None, encryption_password_file='{{ readable_file }}'), readable_password_file),
+    Case('password-file-fifo', 'a FIFO where the password file should be', 'oidc_token',
+         r'Refusing the password file .*not a regular file',
+         token(encryption_password_env=None, encryption_password_file='{{ fifo_file }}'), fifo_password_file),
     Case('password-command-fails', 'a password command that fails', 'oidc_token',
          r'password_command false failed with exit status 1',
          token(encryption_password_env=None, encryption_password_command='false'), None),
@@ -450,8 +498,9 @@ CASES = [
          revoked_rt),
     Case('rt-garbage', 'an account whose refresh token is garbage', 'oidc_token',
          r'refused the refresh token.*invalid_grant', token(), account_with(refresh_token='garbage-refresh-token-0123')),
-    Case('account-expired', 'an account past its lifetime', 'oidc_token', r'reached the end of its lifetime', token(),
-         account_with(meta={'lifetime_end': 1700000000})),
+    Case('account-expired', 'an account past its lifetime (its refresh token is revoked first)', 'oidc_token',
+         r'reached the end of its lifetime.*revoked at the provider', token(name='expired'), expired_account,
+         writes='expired'),
     Case('at-jwt-alg-none', "the provider's answer carries a JWT access token with alg 'none'", 'oidc_token',
          r"signed with 'none', which is not accepted", token(name='jwt', verify=True), jwt_account('none')),
     Case('at-jwt-wrong-key', "the provider's answer carries a JWT signed with another key", 'oidc_token',
@@ -489,6 +538,7 @@ def world(provider_factory, tmp_path_factory):
 
 
 def prepare(world, case, base):
+    case.world = world
     case.dir = os.path.join(base, case.id)
     os.makedirs(case.dir)
     case.config_dir = os.path.join(case.dir, 'accounts')
@@ -573,6 +623,15 @@ def test_bad_input(outcomes, case):
     output = result.stdout + result.stderr
     leaks = [s for s in case.secrets if s and (s in output or s in message)]
     changes, locks = written(case)
+    if case.writes:
+        # The one write this case must make: the account emptied of its refresh token, which the provider
+        # no longer honours.
+        account_path = os.path.join(case.config_dir, case.writes)
+        assert changes['changed'] == [account_path] and not changes['added'] and not changes['removed'], changes
+        assert not AccountStore(case.config_dir).load(case.writes, PASSWORD)['refresh_token']
+        assert not rt_active(case.world.op, case.expired_rt), 'the expired account\'s refresh token is alive'
+        LEDGER.add(SUITE, 'cases that revoked an expired account at the provider', 1)
+        changes = dict((k, []) for k in changes)
     nothing_written = not any(changes.values())
     lock_files = [p for p in locks if case.after[p][0] == 'file']
     if lock_files:

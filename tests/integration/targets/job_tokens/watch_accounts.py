@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore, resolve_password
+from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 
 
@@ -39,7 +39,9 @@ def main(out, stop, specs):
             try:
                 with open(conf_path, encoding='utf-8') as handle:
                     conf = json.load(handle)
-                password = resolve_password(password_file=conf['password_file'])
+                # Read as root: the collection's own password sources take only a file of the running user.
+                with open(conf['password_file'], encoding='utf-8') as handle:
+                    password = handle.readline().rstrip('\n')
                 token = store.load(worker['account'], password)['refresh_token']
             except (OSError, ValueError, KeyError, OidcTokensError):
                 continue   # not written yet, or deleted right now
