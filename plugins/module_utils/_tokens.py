@@ -148,7 +148,7 @@ def is_expired(account, now):
     return bool(end and now >= end)
 
 
-def _expired_error(name, account, revocation):
+def expired_error(name, account, revocation):
     return AccountExpiredError('Account %r reached the end of its lifetime at %s; it hands out no more tokens. '
                                'Revoke it and exchange a new subject token. %s'
                                % (name, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(account.meta['lifetime_end'])),
@@ -217,7 +217,7 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
         current = time.time() if now is None else now
         if is_expired(account, current):
             emptied, revocation = _revoke_expired(name, account, client_for)
-            return emptied, (_expired_error(name, account, revocation), None)
+            return emptied, (expired_error(name, account, revocation), None)
         kept = cached_access_token(account, min_valid_period, current) if default and not force else None
         if kept is not None:
             return None, (kept, account)

@@ -140,12 +140,15 @@ lifetime_end:
   type: int
 '''
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
     run_module)
-from ansible_collections.oidc.tokens.plugins.module_utils._tokens import access_token, as_list, cached_access_token
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
+    access_token, as_list, cached_access_token, expired_error, is_expired)
 
 
 def run(module):
@@ -168,6 +171,8 @@ def run(module):
 def check_mode_result(store, params, password):
     """What check mode can honestly give: the kept token if it is good enough, else a note."""
     account = store.load(params['name'], password)
+    if is_expired(account, time.time()):
+        raise expired_error(params['name'], account, 'In check mode its refresh token is not revoked.')
     default = not (as_list(params['scope']) or as_list(params['audience']) or as_list(params['resource']))
     kept = cached_access_token(account, params['min_valid_period']) if default and not params['force'] else None
     if kept is not None:

@@ -203,6 +203,10 @@ def test_an_expired_account_is_revoked_at_the_provider(provider_factory, tmp_pat
     assert module_world.rt_active(module_rt) and lookup_world.rt_active(lookup_rt)
     time.sleep(4.5)
     run = module_world.ansible.playbook(play([{'name': 'token', 'oidc.tokens.oidc_token': module_world.store_args(),
+                                               'ignore_errors': True, 'check_mode': True}]), env=module_world.env)
+    assert 'In check mode its refresh token is not revoked' in run.task('token')['msg']
+    assert module_world.rt_active(module_rt), 'check mode changed something at the provider'
+    run = module_world.ansible.playbook(play([{'name': 'token', 'oidc.tokens.oidc_token': module_world.store_args(),
                                                'ignore_errors': True}]), env=module_world.env)
     result = run.task('token')
     assert result['status'] == 'ignored' and 'end of its lifetime' in result['msg']
