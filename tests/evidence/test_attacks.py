@@ -158,6 +158,34 @@ def test_facts_a_managed_host_returns_do_not_steer_the_lookup(provider_factory, 
     LEDGER.add(SUITE, 'attacks stopped: host facts aimed at the lookup', len(facts))
 
 
+def test_facts_a_managed_host_returns_do_not_steer_the_role(provider_factory, tmp_path, rogue):
+    """A worker that reports job_tokens_* facts (they would outrank the inventory) is refused before anything
+    runs: its exchange would otherwise go to its own issuer, with a controller variable of its choosing."""
+    provider = provider_factory()
+    library = tmp_path / 'library'
+    library.mkdir()
+    (library / 'evil_facts.py').write_text(EVIL_MODULE)
+    ansible = Ansible(str(tmp_path / 'ansible'))
+    inventory = ansible.write_private('inventory.ini', 'worker1 ansible_connection=local\n')
+    exchanger = provider.client(EXCHANGER)
+    facts = {'job_tokens_issuer': rogue.url, 'job_tokens_subject_token_env': 'CONTROLLER_SECRET'}
+    tasks = [
+        {'name': 'the compromised host returns facts', 'evil_facts': {'facts': facts}},
+        {'name': 'start', 'ansible.builtin.include_role': {'name': 'oidc.tokens.job_tokens', 'tasks_from': 'start'},
+         'ignore_errors': True},
+    ]
+    variables = {'job_tokens_account': 'job1', 'job_tokens_user': 'nobody', 'job_tokens_issuer': provider.issuer,
+                 'job_tokens_client_id': exchanger['client_id'], 'job_tokens_client_secret': exchanger['client_secret']}
+    run = ansible.playbook(play(tasks, hosts='worker1', vars=variables), inventory=inventory,
+                           env={'ANSIBLE_LIBRARY': str(library), 'CONTROLLER_SECRET': 'controller-secret-1b7c',
+                                'OIDC_AT': provider.user_access_token()})
+    failed = [r for r in run.results if r['status'] in ('failed', 'ignored')]
+    assert failed and 'job_tokens_issuer' in failed[0].get('msg', '') and 'facts' in failed[0]['msg'], run.stdout[-3000:]
+    assert 'controller-secret-1b7c' not in run.stdout + run.stderr
+    assert rogue.connections == 0
+    LEDGER.add(SUITE, 'attacks stopped: host facts aimed at the role', len(facts))
+
+
 def test_modules_send_an_accounts_refresh_token_only_to_its_own_issuer(provider_factory, tmp_path, rogue):
     provider = provider_factory()
     world = Controller(provider, tmp_path)
