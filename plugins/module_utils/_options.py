@@ -79,16 +79,18 @@ def check_account_identity(get, account):
     from ansible_collections.oidc.tokens.plugins.module_utils._errors import AccountIdentityError
     from ansible_collections.oidc.tokens.plugins.module_utils._oauth import normalize_issuer
 
-    stored = {'issuer': account.get('issuer_url') or account.get('issuer'), 'client_id': account.get('client_id')}
-    asked = {'issuer': get('issuer'), 'client_id': get('client_id')}
-    same = {'issuer': lambda a, b: normalize_issuer(a) == normalize_issuer(b), 'client_id': lambda a, b: a == b}
-    for option in ('issuer', 'client_id'):
-        if asked[option] and stored[option] and not same[option](asked[option], stored[option]):
-            raise AccountIdentityError(
-                'Account %r was made with %s %s, but the task names %s %s. An account\'s refresh token is only '
-                'ever sent to its own issuer, by its own client: leave %s unset for this account, or exchange a '
-                'new account for the other one.' % (account.get('name') or '', option, stored[option], option,
-                                                     asked[option], option))
+    stored_issuer, stored_client = account.get('issuer_url') or account.get('issuer'), account.get('client_id')
+    issuer, client_id = get('issuer'), get('client_id')
+    if issuer and stored_issuer and normalize_issuer(issuer) != normalize_issuer(stored_issuer):
+        option, stored, asked = 'issuer', stored_issuer, issuer
+    elif client_id and stored_client and client_id != stored_client:
+        option, stored, asked = 'client_id', stored_client, client_id
+    else:
+        return
+    raise AccountIdentityError(
+        'Account %r was made with %s %s, but the task names %s %s. An account\'s refresh token is only ever sent '
+        'to its own issuer, by its own client: leave %s unset for this account, or exchange a new account for the '
+        'other one.' % (account.get('name') or '', option, stored, option, asked, option))
 
 
 def account_client(get, account):

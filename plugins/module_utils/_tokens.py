@@ -133,8 +133,7 @@ def account_is_usable(account, issuer=None, client_id=None, now=None):
     now = now if now is not None else time.time()
     if not account.get('refresh_token'):
         return 'it holds no refresh token'
-    end = account.meta.get('lifetime_end')
-    if end and now >= end:
+    if is_expired(account, now):
         return 'its lifetime ended'
     if issuer and normalize_issuer(account.get('issuer_url') or 'https://none') != normalize_issuer(issuer):
         return 'it belongs to another issuer'
@@ -149,13 +148,13 @@ def is_expired(account, now):
 
 
 def expired_error(name, account, revocation):
-    return AccountExpiredError('Account %r reached the end of its lifetime at %s; it hands out no more tokens. '
-                               'Revoke it and exchange a new subject token. %s'
+    return AccountExpiredError('Account %r reached the end of its lifetime at %s; it hands out no more tokens. %s '
+                               'Exchange a new subject token into the account.'
                                % (name, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(account.meta['lifetime_end'])),
                                   revocation))
 
 
-def _revoke_expired(name, account, client_for):
+def _revoke_expired(account, client_for):
     """Revoke the refresh token of an account past its lifetime (best effort).
 
     The lifetime is only a bound if the provider enforces it too: a refresh token left alive would keep
@@ -216,7 +215,7 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
     def under_lock(account):
         current = time.time() if now is None else now
         if is_expired(account, current):
-            emptied, revocation = _revoke_expired(name, account, client_for)
+            emptied, revocation = _revoke_expired(account, client_for)
             return emptied, (expired_error(name, account, revocation), None)
         kept = cached_access_token(account, min_valid_period, current) if default and not force else None
         if kept is not None:

@@ -94,8 +94,10 @@ options:
     type: str
   lifetime:
     description:
-      - Seconds after which the account hands out no more access tokens (oidc-agent's C(-t)). The refresh token
-        itself lives as long as the provider allows; revoke it at teardown.
+      - Seconds after which the account hands out no more access tokens (oidc-agent's C(-t)). The first module or
+        lookup that meets the account after that revokes its refresh token at the provider (best effort, reported)
+        before it fails; the refresher of the role C(oidc.tokens.job_tokens) does so right at the end. Revoke it at
+        teardown all the same.
     type: int
   force:
     description:

@@ -15,7 +15,7 @@ description:
     and the lookup apply, one rule everywhere. Letters, digits and the characters C(._-@+=,:~), not starting with C(.),
     no C(..), at most 128 characters, not a name oidc-agent reserves (C(config), C(*.config), C(*.clientconfig*),
     C(*.stats), C(*.log)), and nothing else, not even a final newline.
-  - The role M(oidc.tokens.job_tokens) checks its account name with it before the name reaches a path, a systemd
+  - The role C(oidc.tokens.job_tokens) checks its account name with it before the name reaches a path, a systemd
     unit or a cron line.
 options:
   _input:
