@@ -208,6 +208,7 @@ except ImportError:  # ansible-core < 2.19
 # PyNaCl and the collection's OAuth and store code are imported on a miss, jmespath only for ``query``.
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._account_names import default_config_dir
+from ansible_collections.oidc.tokens.plugins.module_utils import _lookup_cache_files as cache_files
 from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
 
 display = Display()
@@ -317,10 +318,10 @@ class LookupModule(LookupBase):
 
         config_dir = default_config_dir(self.get_option('config_dir'))
         account_path = os.path.join(config_dir, name)
-        account = cache_mod.account_id(config_dir, name)
+        account = cache_files.account_id(config_dir, name)
         key = cache_mod.entry_key(self.get_option('scope'), self.get_option('audience'), self.get_option('resource'),
                                   self.get_option('issuer'), self.get_option('client_id'))
-        cache = cache_mod.TokenCache(self.get_option('cache_dir') or cache_mod.default_cache_dir())
+        cache = cache_mod.TokenCache(self.get_option('cache_dir') or cache_files.default_cache_dir())
 
         stamp = cache_mod.account_stamp(account_path)
         if stamp is None:
@@ -348,7 +349,7 @@ class LookupModule(LookupBase):
             try:
                 if after is not None and isinstance(entry['expires_at'], (int, float)):
                     cache.write(account, key, entry)
-                    if not self.get_option('cache_dir') and cache_mod.runtime_cache_dir() is None:
+                    if not self.get_option('cache_dir') and cache_files.runtime_cache_dir() is None:
                         display.warning('The lookup oidc.tokens.oidc_token keeps access tokens in %s, on a disk: '
                                         'there is no XDG_RUNTIME_DIR. Set cache_dir (ansible.cfg [oidc_tokens] '
                                         'cache_dir, or OIDC_TOKENS_CACHE_DIR) to a directory on a tmpfs, or '

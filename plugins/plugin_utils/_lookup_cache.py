@@ -43,8 +43,7 @@ import time
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_names import InvalidAccountNameError, validate_name
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
-from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import (  # noqa: F401 (used by the lookup)
-    ENTRY_SUFFIX, account_id, default_cache_dir, digest as _digest, runtime_cache_dir)
+from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import ENTRY_SUFFIX, digest as _digest
 
 CACHE_VERSION = 1
 DIR_MODE = 0o700

@@ -304,8 +304,8 @@ class Worker(object):
             'job_tokens_scheduler': 'none'}}}})
 
     def role(self, entry, **extra):
-        tasks = [{'name': entry, 'ansible.builtin.include_role': {'name': 'oidc.tokens.job_tokens',
-                                                                    'tasks_from': entry}}]
+        tasks = [{'name': entry,
+                  'ansible.builtin.include_role': {'name': 'oidc.tokens.job_tokens', 'tasks_from': entry}}]
         if entry == 'start':
             tasks.append({'name': 'where the token is', 'ansible.builtin.copy': {
                 'content': '{{ job_tokens_bearer_token_file }}', 'dest': self.token_file_note, 'mode': '0600'},

@@ -27,6 +27,7 @@ from ansible.plugins.loader import lookup_loader
 from ansible_collections.oidc.tokens.plugins.lookup import oidc_token as lookup_mod
 from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _tokens
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils import _lookup_cache_files as cache_files
 from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
 
 NAME = 'job1'
@@ -255,11 +256,11 @@ def test_option_vars_are_templated_and_filtered():
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv('XDG_RUNTIME_DIR', str(tmp_path))
-    assert cache_mod.default_cache_dir() == str(tmp_path / 'oidc-tokens')
+    assert cache_files.default_cache_dir() == str(tmp_path / 'oidc-tokens')
     monkeypatch.setenv('XDG_RUNTIME_DIR', 'relative/not/allowed')
-    assert cache_mod.default_cache_dir() == os.path.join(os.path.expanduser('~'), '.cache', 'oidc-tokens')
+    assert cache_files.default_cache_dir() == os.path.join(os.path.expanduser('~'), '.cache', 'oidc-tokens')
     monkeypatch.delenv('XDG_RUNTIME_DIR')
-    assert cache_mod.default_cache_dir() == os.path.join(os.path.expanduser('~'), '.cache', 'oidc-tokens')
+    assert cache_files.default_cache_dir() == os.path.join(os.path.expanduser('~'), '.cache', 'oidc-tokens')
 
 
 def test_lookup_uses_xdg_runtime_dir_by_default(env, monkeypatch, tmp_path):
@@ -438,7 +439,7 @@ def test_other_selectors_make_their_own_entry(env, override):
 def test_entry_keys_ignore_order_and_trailing_slash():
     assert cache_mod.entry_key(['b', 'a'], issuer=ISSUER) == cache_mod.entry_key(['a', 'b', 'a'], issuer=ISSUER.rstrip('/'))
     assert cache_mod.entry_key(['a']) != cache_mod.entry_key(None, ['a'])
-    assert cache_mod.account_id('/a', 'x') != cache_mod.account_id('/b', 'x')
+    assert cache_files.account_id('/a', 'x') != cache_files.account_id('/b', 'x')
 
 
 def test_force_bypasses_the_cache_and_replaces_the_entry(env):
@@ -615,7 +616,7 @@ def test_waiter_does_not_keep_a_removed_lock(env):
     """A holder that leaves no entry removes the lock file. A worker that was waiting on that file
     must lock the file now at the path, or a third worker could hold "the" lock at the same time."""
     cache = cache_mod.TokenCache(env.cache_dir)
-    account = cache_mod.account_id(env.config_dir, NAME)
+    account = cache_files.account_id(env.config_dir, NAME)
     path = cache.lock_path(account)
     seen = []
 
@@ -637,7 +638,7 @@ def test_waiter_does_not_keep_a_removed_lock(env):
 
 def test_lock_timeout(env):
     cache = cache_mod.TokenCache(env.cache_dir, lock_timeout=0.2)
-    account = cache_mod.account_id(env.config_dir, NAME)
+    account = cache_files.account_id(env.config_dir, NAME)
     with cache.locked(account, NAME):
         other = cache_mod.TokenCache(env.cache_dir, lock_timeout=0.2)
         with pytest.raises(cache_mod.TokenCacheError, match="lock of account 'job1'"):
