@@ -222,11 +222,12 @@ class TokenResponse(object):
     """A token endpoint's answer. Its repr shows no token."""
 
     def __init__(self, access_token=None, refresh_token=None, token_type=None, expires_in=None,
-                 scope=None, issued_token_type=None, id_token=None, received_at=None):
+                 scope=None, issued_token_type=None, id_token=None, received_at=None, refresh_expires_in=None):
         self.access_token = access_token
         self.refresh_token = refresh_token
         self.token_type = token_type
         self.expires_in = expires_in
+        self.refresh_expires_in = refresh_expires_in
         self.scope = scope
         self.issued_token_type = issued_token_type
         self.id_token = id_token
@@ -239,14 +240,24 @@ class TokenResponse(object):
             return None
         return int(self.received_at + self.expires_in)
 
+    @property
+    def refresh_token_expires_at(self):
+        """Epoch seconds when the refresh token dies, as far as the provider tells, else None.
+
+        Keycloak says refresh_expires_in (0 for a token without expiry); a JWT refresh token carries its
+        exp (read, not verified: Keycloak signs them with a key of its own); an RFC 8693 answer that
+        issued the refresh token in access_token gives its expires_in.
+        """
+        if self.refresh_expires_in:
+            return int(self.received_at + self.refresh_expires_in)
+        exp = (jwt_claims(self.refresh_token) or {}).get('exp') if self.refresh_token else None
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            return int(exp)
+        return None
+
     @classmethod
     def from_json(cls, data, received_at=None):
-        expires_in = data.get('expires_in')
-        if expires_in is not None:
-            try:
-                expires_in = int(expires_in)
-            except (TypeError, ValueError):
-                raise ResponseError('The provider sent a non-numeric expires_in.')
+        expires_in, refresh_expires_in = (_seconds(data, key) for key in ('expires_in', 'refresh_expires_in'))
         token = cls(
             access_token=data.get('access_token'),
             refresh_token=data.get('refresh_token'),
@@ -256,12 +267,13 @@ class TokenResponse(object):
             issued_token_type=data.get('issued_token_type'),
             id_token=data.get('id_token'),
             received_at=received_at,
+            refresh_expires_in=refresh_expires_in,
         )
         # RFC 8693 to the letter: the issued token is always in access_token and issued_token_type
         # says what it is. When that is a refresh token, move it to where callers look for it.
         if token.issued_token_type == TOKEN_TYPE_REFRESH and not token.refresh_token:
             token.refresh_token, token.access_token = token.access_token, None
-            token.expires_in = None
+            token.expires_in, token.refresh_expires_in = None, token.expires_in
         return token
 
     def __repr__(self):
@@ -269,6 +281,17 @@ class TokenResponse(object):
                 'issued_token_type=%r)' % ('<set>' if self.access_token else None,
                                            '<set>' if self.refresh_token else None,
                                            self.token_type, self.expires_in, self.scope, self.issued_token_type))
+
+
+def _seconds(data, key):
+    """A number of seconds of an answer, or None; a non-number is a ResponseError."""
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ResponseError('The provider sent a non-numeric %s.' % key)
 
 
 class OAuthClient(object):
@@ -289,6 +312,7 @@ class OAuthClient(object):
         self.client_id = client_id
         self._client_secret = client_secret
         self._auth_method = auth_method
+        self._chosen_method = bool(auth_method)   # the user's choice is never second-guessed
         self.validate_certs = validate_certs
         self.ca_path = ca_path
         self.timeout = timeout
@@ -341,6 +365,11 @@ class OAuthClient(object):
             raise DiscoveryError('The discovery document of %s has no token_endpoint.' % self.issuer)
         _METADATA_CACHE[self.issuer] = document
         return document
+
+    @property
+    def announced_issuer(self):
+        """The issuer exactly as the provider names it (with or without its trailing slash)."""
+        return self.metadata['issuer']
 
     def endpoint(self, name):
         """The URL of a named endpoint from discovery, e.g. 'revocation_endpoint'."""
@@ -407,8 +436,10 @@ class OAuthClient(object):
         form = [('token', token)]
         if token_type_hint:
             form.append(('token_type_hint', token_type_hint))
+        # RFC 7009 §2.2: success is HTTP 200 and the client ignores the body; some providers answer
+        # "OK" in text/plain. Any 2xx that is not an HTML page (a login or proxy page) is success.
         self._request_json('POST', self.endpoint('revocation_endpoint'), form=form, authenticate=True,
-                           idempotent=True, what='revocation', allow_empty=True)
+                           idempotent=True, what='revocation', any_success_body=True)
 
     def introspect(self, token, token_type_hint=None):
         """RFC 7662 introspection; returns the provider's JSON (at least {'active': bool})."""
@@ -447,11 +478,11 @@ class OAuthClient(object):
 
     # -- HTTP ------------------------------------------------------------------------------------
 
-    def _client_auth(self, form, headers):
+    def _client_auth(self, form, headers, auth_method):
         if self._client_secret is None:
             form.append(('client_id', self.client_id))
             return
-        if self.auth_method == 'client_secret_post':
+        if auth_method == 'client_secret_post':
             form.append(('client_id', self.client_id))
             form.append(('client_secret', self._client_secret))
         else:
@@ -460,15 +491,40 @@ class OAuthClient(object):
             headers['Authorization'] = 'Basic ' + base64.b64encode(pair.encode('utf-8')).decode('ascii')
 
     def _request_json(self, method, url, form=None, authenticate=False, idempotent=True, what='request',
-                      allow_empty=False):
+                      any_success_body=False):
         check_url_transport(url, self.allow_insecure_http)
+        auth_method = self.auth_method if authenticate and self._client_secret is not None else None
+        try:
+            return self._authenticated_request(method, url, form, authenticate, auth_method, idempotent, what,
+                                               any_success_body)
+        except ProviderError as exc:
+            other = self._other_auth_method(exc, authenticate)
+            if other is None:
+                raise
+            # invalid_client: the provider rejected how the client authenticated, before it processed
+            # anything, so asking once more with the other method spends no credential.
+            data = self._authenticated_request(method, url, form, authenticate, other, idempotent, what,
+                                               any_success_body)
+            self._auth_method = other
+            return data
+
+    def _other_auth_method(self, exc, authenticate):
+        """The method to try after invalid_client, when the user chose none and a secret is in use."""
+        if exc.error != 'invalid_client' or not authenticate or self._client_secret is None or self._chosen_method:
+            return None
+        return [m for m in AUTH_METHODS if m != self.auth_method][0]
+
+    def _authenticated_request(self, method, url, form, authenticate, auth_method, idempotent, what,
+                               any_success_body):
         headers = {}
         if form is not None:
             form = list(form)
             if authenticate:
-                self._client_auth(form, headers)
+                self._client_auth(form, headers, auth_method)
         response, body = self._send(method, url, form, headers, idempotent, what)
-        return self._parse(response, body, url, what, allow_empty)
+        if any_success_body and 200 <= response.status_code < 300 and not _is_html(response, body):
+            return {}
+        return self._parse(response, body, url, what)
 
     def _verify(self):
         if not self.validate_certs:
@@ -527,14 +583,12 @@ class OAuthClient(object):
             response.close()
         return b''.join(chunks)
 
-    def _parse(self, response, body, url, what, allow_empty):
+    def _parse(self, response, body, url, what):
         status = response.status_code
         if 300 <= status < 400:
             raise ResponseError('The %s at %s was answered with a redirect (HTTP %d) to %s; redirects are not '
                                 'followed.' % (what, url, status, response.headers.get('Location', '?')),
                                 status=status)
-        if allow_empty and 200 <= status < 300 and not body.strip():
-            return {}
         try:
             data = _load_json(body.decode('utf-8'))
         except _JsonTooDeep:
@@ -584,6 +638,12 @@ def _short_reason(exc):
     """A one-line reason without URLs' query strings or bodies: safe to show."""
     text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     return text[:300]
+
+
+def _is_html(response, body):
+    kind = (response.headers.get('Content-Type') or '').split(';')[0].strip().lower()
+    return kind in ('text/html', 'application/xhtml+xml') or body[:512].lstrip().lower().startswith((b'<!doctype',
+                                                                                                     b'<html'))
 
 
 def _body_hint(body):

@@ -43,6 +43,27 @@ class RevocationError(OidcTokensError):
     """The refresh token could not be revoked; the account was kept."""
 
 
+class ShortRefreshTokenError(OidcTokensError):
+    """The provider's refresh token dies before the account's lifetime ends, and the user asked to fail then."""
+
+
+def _utc(epoch):
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(epoch))
+
+
+def short_refresh_token(name, account):
+    """What to tell the user when the refresh token dies before the account's lifetime ends, else None."""
+    dies, end = account.meta.get('refresh_token_expires_at'), account.meta.get('lifetime_end')
+    if not dies or (end and dies >= end):
+        return None
+    return ('The provider says the refresh token of account %r dies at %s, %s: from then on the account hands out '
+            'no access token. Keycloak binds a refresh token from token exchange to the user\'s SSO session; its '
+            'realm admin can raise SSO Session Max and SSO Session Idle (or the client\'s session settings). Other '
+            'providers tie it to the subject token or to a client setting. Or give the account a shorter lifetime.'
+            % (name, _utc(dies), 'before its lifetime ends at %s' % _utc(end) if end else
+               'and the account has no lifetime limit'))
+
+
 def as_list(value):
     """A list from a list, a space-separated string or nothing."""
     if not value:
@@ -61,6 +82,8 @@ def account_facts(name, account, path):
         'issuer': account.get('issuer_url') or '',
         'client_id': account.get('client_id') or '',
         'scope': as_list(account.get('scope')),
+        'offline_access': meta.get('offline_access'),
+        'refresh_token_expires_at': meta.get('refresh_token_expires_at'),
         'audience': as_list(meta.get('audience') or account.get('audience')),
         'resource': as_list(meta.get('resource')),
         'lifetime': meta.get('lifetime'),
@@ -75,10 +98,11 @@ def build_account(name, issuer, client_id, client_secret, refresh_token, scope, 
                   lifetime=None, source='token_exchange', ca_path=None, auth_method=None, now=None):
     """A new account in oidc-agent's shape, with our own fields in ``oidc_tokens``."""
     now = int(now if now is not None else time.time())
+    normalize_issuer(issuer)   # an http(s) URL, or DiscoveryError
     account = Account(
         name=name,
         client_name='oidc.tokens:%s' % name,
-        issuer_url=normalize_issuer(issuer) + '/',
+        issuer_url=issuer,   # as the provider names it (callers pass the discovery document's issuer)
         client_id=client_id,
         client_secret=client_secret or '',
         refresh_token=refresh_token,
@@ -103,29 +127,88 @@ def build_account(name, issuer, client_id, client_secret, refresh_token, scope, 
     return account
 
 
-def exchange_scope(scope, requested_token_type):
-    """The scope to ask for: ``offline_access`` is added when a refresh token is requested."""
-    scope = as_list(scope)
-    if scope and resolve_token_type(requested_token_type) == TOKEN_TYPE_REFRESH and 'offline_access' not in scope:
-        scope.append('offline_access')
-    return scope
+OFFLINE_ACCESS = 'offline_access'
+OFFLINE_ACCESS_CHOICES = ('auto', 'always', 'never')
+
+
+def _refuses_offline_access(exc):
+    """Whether a refused exchange was refused for its offline_access scope (Keycloak's standard exchange)."""
+    return OFFLINE_ACCESS in (exc.error_description or '')
 
 
 def exchange(client, subject_token, subject_token_type='access_token', requested_token_type='refresh_token',
-             scope=None, audience=None, resource=None, actor_token=None, actor_token_type=None):
-    """Exchange the subject token; a refresh token must come back."""
-    token = client.token_exchange(
-        subject_token, subject_token_type=subject_token_type, requested_token_type=requested_token_type,
-        scope=exchange_scope(scope, requested_token_type), audience=as_list(audience), resource=as_list(resource),
-        actor_token=actor_token, actor_token_type=actor_token_type)
+             scope=None, audience=None, resource=None, actor_token=None, actor_token_type=None, offline_access='auto'):
+    """Exchange the subject token; a refresh token must come back.
+
+    ``offline_access``: INDIGO IAM issues a refresh token only when the scope holds offline_access, Keycloak's
+    standard exchange refuses that scope. 'auto' asks with it and, when the provider refuses the exchange
+    for it (a refused exchange consumed nothing), once more without; 'always' and 'never' ask only that way.
+    The TokenResponse returned says in ``offline_access_requested`` which way it was obtained.
+    """
+    scope = as_list(scope)
+    wants_refresh = resolve_token_type(requested_token_type) == TOKEN_TYPE_REFRESH
+    with_offline = wants_refresh and offline_access != 'never' and OFFLINE_ACCESS not in scope
+
+    def ask(offline):
+        return client.token_exchange(
+            subject_token, subject_token_type=subject_token_type, requested_token_type=requested_token_type,
+            scope=scope + [OFFLINE_ACCESS] if offline else scope, audience=as_list(audience),
+            resource=as_list(resource), actor_token=actor_token, actor_token_type=actor_token_type)
+
+    try:
+        try:
+            token = ask(with_offline)
+        except ProviderError as exc:
+            if not (with_offline and offline_access == 'auto' and _refuses_offline_access(exc)):
+                raise
+            with_offline = False
+            token = ask(False)
+    except ProviderError as exc:
+        raise _explained(exc, client, scope, audience)
+    token.offline_access_requested = with_offline or OFFLINE_ACCESS in scope
     if not token.refresh_token:
         raise NoRefreshTokenError(
             'The provider %s answered the token exchange without a refresh token: it returned %s '
             '(issued_token_type %s, scope %r). The client %s must be allowed refresh tokens for exchanged '
-            'tokens; many providers also want offline_access in the scope.'
+            'tokens%s.'
             % (client.issuer, 'an access token' if token.access_token else 'no token',
-               token.issued_token_type or 'not given', token.scope, client.client_id))
+               token.issued_token_type or 'not given', token.scope, client.client_id,
+               '' if token.offline_access_requested else
+               '; providers such as INDIGO IAM issue one only with offline_access in the scope (offline_access: '
+               'auto or always)'))
     return token
+
+
+# What the provider's admin (or the user) must change, for refusals whose own words do not say it.
+_EXCHANGE_HINTS = (
+    ('access_denied', 'audience',
+     'The subject token must name the exchanging client {client} in its audience: the provider\'s admin adds it '
+     '(Keycloak: an audience mapper on the client the user logs in with, included.client.audience={client}).'),
+    ('invalid_client', 'audience not found',
+     'Each audience asked for ({audience}) must be a client the provider knows (Keycloak: a client id of the '
+     'realm); fix the audience option or ask the admin to create that client.'),
+    ('invalid_request', 'requested_token_type unsupported',
+     'The client {client} may not get refresh tokens from token exchange: the provider\'s admin must allow it '
+     '(Keycloak: "Allow refresh token in Standard Token Exchange", standard.token.exchange.'
+     'enableRefreshRequestedTokenType=SAME_SESSION).'),
+    ('invalid_request', 'creating a new session',
+     'Keycloak gives an exchanged refresh token only for a subject token of a normal login session, not of an '
+     'offline or transient one: exchange an access token from an interactive login.'),
+    (None, OFFLINE_ACCESS,
+     'This provider refuses the offline_access scope for token exchange: remove it from the scope and use '
+     'offline_access: auto or never.'),
+)
+
+
+def _explained(exc, client, scope, audience):
+    """The provider's refusal with what to do about it, when we know."""
+    description = (exc.error_description or '').lower()
+    for error, words, hint in _EXCHANGE_HINTS:
+        if (error is None or exc.error == error) and words in description:
+            return ProviderError('%s %s' % (exc, hint.format(client=client.client_id,
+                                                             audience=', '.join(as_list(audience)) or 'none')),
+                                 error=exc.error, error_description=exc.error_description, status=exc.status)
+    return exc
 
 
 def account_is_usable(account, issuer=None, client_id=None, now=None):
@@ -150,8 +233,7 @@ def is_expired(account, now):
 def expired_error(name, account, revocation):
     return AccountExpiredError('Account %r reached the end of its lifetime at %s; it hands out no more tokens. %s '
                                'Exchange a new subject token into the account.'
-                               % (name, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(account.meta['lifetime_end'])),
-                                  revocation))
+                               % (name, _utc(account.meta['lifetime_end']), revocation))
 
 
 def _revoke_expired(account, client_for):
@@ -245,10 +327,16 @@ def _refresh(name, account, client, scope, audience, resource, default, min_vali
     """Refresh; returns (the account to write, the token result). Runs under the account's lock."""
     if not account.get('refresh_token'):
         raise RefreshTokenRejectedError('Account %r holds no refresh token (it was revoked).' % name)
+    stored_scope = as_list(account.get('scope'))
+    if scope and OFFLINE_ACCESS in stored_scope and OFFLINE_ACCESS not in scope:
+        scope = scope + [OFFLINE_ACCESS]   # a provider may end the offline grant for a refresh without it
     try:
-        token = client.refresh(account['refresh_token'], scope=scope, audience=audience, resource=resource)
+        # As oidc-agent does: the account's own scope (and audience) unless a narrower one is asked for.
+        token = client.refresh(account['refresh_token'], scope=scope or stored_scope,
+                               audience=audience or as_list(account.meta.get('audience')), resource=resource)
     except ProviderError as exc:
-        if exc.error == 'invalid_grant':
+        if exc.error in ('invalid_grant', 'invalid_request'):
+            # Some providers refuse a dead refresh token with invalid_request instead of invalid_grant.
             raise _rejected(name, exc)
         raise
     if not token.access_token:
@@ -257,6 +345,8 @@ def _refresh(name, account, client, scope, audience, resource, default, min_vali
     updated = account.copy()
     if token.refresh_token:
         updated['refresh_token'] = token.refresh_token
+    if token.refresh_token or token.refresh_expires_in:
+        updated.meta['refresh_token_expires_at'] = token.refresh_token_expires_at
     updated.meta['refreshed_at'] = int(now)
     if default:
         updated.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
@@ -266,7 +356,7 @@ def _refresh(name, account, client, scope, audience, resource, default, min_vali
         # oidc-agent #410: users asked for more validity than the provider gives and never knew.
         warnings.append('The provider issues access tokens valid for %d s, not more than min_valid_period (%d s): '
                         'every request will refresh.' % (token.expires_in, min_valid_period))
-    return updated, _token_result(account, token.access_token, token.expires_at,
+    return updated, _token_result(updated, token.access_token, token.expires_at,
                                   token.scope or scope or account.get('scope'), True, warnings)
 
 
@@ -279,6 +369,7 @@ def _token_result(account, token, expires_at, scope, refreshed, warnings):
         'claims': {},
         'refreshed': refreshed,
         'lifetime_end': account.meta.get('lifetime_end'),
+        'refresh_token_expires_at': account.meta.get('refresh_token_expires_at'),
         'warnings': warnings,
     }
 

@@ -395,7 +395,7 @@ class Present(object):
         introspected = self.check_token(client)
         if scope is None:
             scope = as_list(introspected)
-        account = build_account(self.name, client.issuer, client.client_id, params['client_secret'],
+        account = build_account(self.name, params['issuer'], client.client_id, params['client_secret'],
                                 params['refresh_token'], scope, params['audience'], params['resource'],
                                 None, source='refresh_token', ca_path=params['ca_path'],
                                 auth_method=params['auth_method'], now=self.now)
@@ -433,7 +433,7 @@ class Present(object):
                    'issuer %s' % issuer if other_issuer else 'client %s' % params['client_id'],
                    'issuer' if other_issuer else 'client'))
         if other_issuer:
-            updated['issuer_url'] = issuer + '/'
+            updated['issuer_url'] = params['issuer']
             changed.append('issuer')
         if other_client:
             updated['client_id'] = params['client_id']

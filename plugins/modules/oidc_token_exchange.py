@@ -99,6 +99,28 @@ options:
         before it fails; the refresher of the role C(oidc.tokens.job_tokens) does so right at the end. Revoke it at
         teardown all the same.
     type: int
+  offline_access:
+    description:
+      - Whether to add C(offline_access) to the scope of the exchange. Providers disagree. INDIGO IAM issues a
+        refresh token only when the scope holds it; Keycloak's standard token exchange refuses the exchange
+        when it does.
+      - V(auto) asks with it and, if the provider refuses the exchange because of it (a refused exchange consumed
+        nothing), asks once more without it. V(always) and V(never) ask only that way. RV(account.offline_access) says
+        which way the refresh token was obtained.
+      - C(offline_access) given in O(scope) is always sent.
+    type: str
+    choices: [auto, always, never]
+    default: auto
+  short_refresh_token:
+    description:
+      - What to do when the provider says (C(refresh_expires_in), the C(exp) of a JWT refresh token) that the
+        refresh token dies before the account's O(lifetime) ends. Keycloak, for instance, binds an exchanged
+        refresh token to the user's SSO session (SSO Session Max, 10 hours by default).
+      - V(warn) keeps the account and warns with both times and what the provider's admin can change. V(fail)
+        revokes the refresh token, keeps nothing and fails with the same message.
+    type: str
+    choices: [warn, fail]
+    default: warn
   force:
     description:
       - Exchange and replace the account even if a usable one exists (the old refresh token is revoked).
@@ -169,6 +191,11 @@ account:
     created_at: {description: Epoch seconds of the exchange., type: int, sample: 1766620800}
     source: {description: How the account was made., type: str, sample: token_exchange}
     has_refresh_token: {description: Whether the account holds a refresh token., type: bool, sample: true}
+    offline_access: {description: 'Whether the exchange that gave the refresh token asked for offline_access.', type: bool, sample: false}
+    refresh_token_expires_at:
+      description: Epoch seconds when the refresh token dies as far as the provider says, or null when it does not say.
+      type: int
+      sample: 1766656800
 exchanged:
   description: Whether a token exchange happened (or, in check mode, would happen).
   returned: always
@@ -196,7 +223,8 @@ from ansible_collections.oidc.tokens.plugins.module_utils._options import (
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import TOKEN_TYPE_REFRESH, resolve_token_type
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    account_facts, account_is_usable, build_account, exchange)
+    OFFLINE_ACCESS_CHOICES, ShortRefreshTokenError, account_facts, account_is_usable, build_account, exchange,
+    short_refresh_token)
 
 
 def run(module):
@@ -226,7 +254,7 @@ def run(module):
 
     result = {'changed': True, 'exchanged': True, 'msg': 'Exchanged because %s.' % replace_reason}
     if module.check_mode:
-        planned = build_account(name, client.issuer, client.client_id, None, None, params['scope'],
+        planned = build_account(name, params['issuer'], client.client_id, None, None, params['scope'],
                                 params['audience'], params['resource'], params['lifetime'], ca_path=params['ca_path'])
         result['account'] = account_facts(name, planned, path)
         result['diff'] = {'before': before or {}, 'after': result['account']}
@@ -234,14 +262,29 @@ def run(module):
 
     token = exchange(client, params['subject_token'], params['subject_token_type'], params['requested_token_type'],
                      params['scope'], params['audience'], params['resource'], params['actor_token'],
-                     params['actor_token_type'])
-    account = build_account(name, client.issuer, client.client_id, params['client_secret'], token.refresh_token,
-                            token.scope or params['scope'], params['audience'], params['resource'],
-                            params['lifetime'], ca_path=params['ca_path'], auth_method=params['auth_method'])
+                     params['actor_token_type'], offline_access=params['offline_access'])
+    # The issuer as the provider names it, and the client authentication that worked (a provider may
+    # accept only the method the client was registered with).
+    account = build_account(name, client.announced_issuer, client.client_id, params['client_secret'],
+                            token.refresh_token, token.scope or params['scope'], params['audience'],
+                            params['resource'], params['lifetime'], ca_path=params['ca_path'],
+                            auth_method=client.auth_method)
+    account.meta.update({'offline_access': token.offline_access_requested,
+                         'refresh_token_expires_at': token.refresh_token_expires_at})
     if token.access_token and token.expires_at:
         account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
                              'access_token_scope': token.scope})
     warnings = []
+    short = short_refresh_token(name, account)
+    if short and params['short_refresh_token'] == 'fail':
+        # Nothing kept: the refresh token would die before the job does. Revoke it (best effort).
+        try:
+            client.revoke(token.refresh_token)
+        except OidcTokensError as exc:
+            short += ' Revoking the refresh token failed too: %s' % exc
+        raise ShortRefreshTokenError(short)
+    if short:
+        warnings.append(short)
     if not params['persist']:
         result['refresh_token'] = token.refresh_token
     elif store.exists(name):
@@ -304,6 +347,8 @@ def main():
             force=dict(type='bool', default=False),
             persist=dict(type='bool', default=True),
             return_access_token=dict(type='bool', default=False),
+            offline_access=dict(type='str', default='auto', choices=list(OFFLINE_ACCESS_CHOICES)),
+            short_refresh_token=dict(type='str', default='warn', choices=['warn', 'fail']),
         ),
         required_together=[('actor_token', 'actor_token_type')],
         supports_check_mode=True,

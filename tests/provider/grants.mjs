@@ -264,8 +264,12 @@ export function registerGrants(provider, env) {
       );
     }
 
-    const wantRefresh = requestedType === TT_REFRESH
-      || (explicitScope && requestedScopes.has('offline_access'));
+    // INDIGO IAM's answer shape: a refresh token only for offline_access in the scope, whatever
+    // requested_token_type says, and issued_token_type always ...:jwt.
+    const indigo = env.exchangeShape === 'indigo';
+    const wantRefresh = indigo
+      ? explicitScope && requestedScopes.has('offline_access')
+      : requestedType === TT_REFRESH || (explicitScope && requestedScopes.has('offline_access'));
     if (wantRefresh) {
       requestedScopes.add('offline_access');
       if (!client.grantTypeAllowed('refresh_token')) {
@@ -297,7 +301,7 @@ export function registerGrants(provider, env) {
     const { at, value: atValue } = await issueAccessToken(ctx, { ...common, act });
     const body = {
       access_token: atValue,
-      issued_token_type: TT_ACCESS,
+      issued_token_type: indigo ? TT_JWT : TT_ACCESS,
       token_type: at.tokenType,
       expires_in: at.expiration,
     };

@@ -5,7 +5,7 @@
 //                   [--tls-cert FILE --tls-key FILE]
 //                   [--access-token-format opaque|jwt] [--at-ttl SECONDS] [--rt-ttl SECONDS]
 //                   [--user-at-ttl SECONDS]
-//                   [--exchange-shape common|strict] [--discovery openid|oauth]
+//                   [--exchange-shape common|strict|indigo] [--discovery openid|oauth]
 //                   [--config config.json] [--exit-on-stdin-close]
 //
 // When it listens it prints exactly one line to stdout: READY {"issuer": ..., "port": ..., ...}.
@@ -58,7 +58,7 @@ try {
 
 if (args.help) {
   process.stderr.write(`usage: node server.mjs [--port N] [--host H] [--issuer-host H | --issuer URL] [--tls-cert F --tls-key F]
-  [--access-token-format opaque|jwt] [--at-ttl S] [--rt-ttl S] [--user-at-ttl S] [--exchange-shape common|strict]
+  [--access-token-format opaque|jwt] [--at-ttl S] [--rt-ttl S] [--user-at-ttl S] [--exchange-shape common|strict|indigo]
   [--discovery openid|oauth] [--config FILE] [--exit-on-stdin-close]\n`);
   process.exit(0);
 }
@@ -82,7 +82,7 @@ const rtTtl = positiveInt('rt-ttl');
 // must survive the way to the exchange while refreshes still come every few seconds.
 const userAtTtl = args['user-at-ttl'] === undefined ? atTtl : positiveInt('user-at-ttl');
 const accessTokenFormat = oneOf('access-token-format', ['opaque', 'jwt']);
-const exchangeShape = oneOf('exchange-shape', ['common', 'strict']);
+const exchangeShape = oneOf('exchange-shape', ['common', 'strict', 'indigo']);
 const discoveryMode = oneOf('discovery', ['openid', 'oauth']);
 if (!!args['tls-cert'] !== !!args['tls-key']) fail('--tls-cert and --tls-key go together');
 if (args.issuer && args['issuer-host']) fail('--issuer and --issuer-host are exclusive');

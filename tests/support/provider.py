@@ -205,8 +205,8 @@ class Provider:
                  startup_timeout=STARTUP_TIMEOUT):
         if access_token_format not in ('opaque', 'jwt'):
             raise ValueError('access_token_format must be opaque or jwt')
-        if exchange_shape not in ('common', 'strict'):
-            raise ValueError('exchange_shape must be common or strict')
+        if exchange_shape not in ('common', 'strict', 'indigo'):
+            raise ValueError('exchange_shape must be common, strict or indigo')
         if discovery not in ('openid', 'oauth'):
             raise ValueError('discovery must be openid or oauth')
         if issuer and issuer_host:
@@ -610,7 +610,7 @@ def main(argv=None):
     start.add_argument('--at-ttl', type=int, default=60)
     start.add_argument('--rt-ttl', type=int, default=3600)
     start.add_argument('--user-at-ttl', type=int, help="lifetime of the user's own access tokens (default: --at-ttl)")
-    start.add_argument('--exchange-shape', choices=('common', 'strict'), default='common')
+    start.add_argument('--exchange-shape', choices=('common', 'strict', 'indigo'), default='common')
     start.add_argument('--discovery', choices=('openid', 'oauth'), default='openid')
     start.add_argument('--issuer-host')
     start.add_argument('--issuer', help='complete issuer URL (e.g. a proxy in front of the provider)')

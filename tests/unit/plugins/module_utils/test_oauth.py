@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.oidc.tokens.plugins.module_utils import _oauth
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
-    DiscoveryError, InsecureTransportError, OAuthClient, OAuthError, ResponseError, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID,
+    DiscoveryError, InsecureTransportError, OAuthClient, OAuthError, ProviderError, ResponseError, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID,
     TOKEN_TYPE_JWT, TOKEN_TYPE_REFRESH, TokenResponse, TokenVerificationError, _body_hint, _space_list,
     check_url_transport, jwt_claims, normalize_issuer, resolve_token_type, verify_jwt)
 
@@ -100,7 +100,7 @@ def test_unknown_auth_method_is_refused():
 def test_basic_auth_form_encodes_id_and_secret():
     client = OAuthClient('https://iam.example.org', 'my client', 'p:ss w%rd+', auth_method='client_secret_basic')
     form, headers = [], {}
-    client._client_auth(form, headers)
+    client._client_auth(form, headers, 'client_secret_basic')
     assert form == []
     assert base64.b64decode(headers['Authorization'].split()[1]) == b'my+client:p%3Ass+w%25rd%2B'
 
@@ -323,3 +323,75 @@ def test_client_verify_jwt_passes_the_audience(monkeypatch, signer):
 def test_unusable_audience_argument_is_refused(signer, audience):
     with pytest.raises(OAuthError, match='audience must be'):
         verify_jwt(signer(claims(aud='compute')), signer.jwks, ISSUER, now=NOW, audience=audience)
+
+
+# -- what providers answer differently -------------------------------------------------------------------
+
+def scripted_provider(monkeypatch, responses, auth_methods=('client_secret_basic', 'client_secret_post'),
+                      auth_method=None):
+    """An OAuthClient whose token and revocation endpoints answer from ``responses`` (FakeResponses, in order);
+    records (url, Authorization header, form) of every request to them."""
+    monkeypatch.setattr(_oauth, '_METADATA_CACHE', {})
+    client = OAuthClient(ISSUER, 'client', CLIENT_SECRET, retries=0, auth_method=auth_method)
+    discovery = FakeResponse(json.dumps({
+        'issuer': ISSUER + '/', 'token_endpoint': ISSUER + '/token', 'revocation_endpoint': ISSUER + '/revoke',
+        'token_endpoint_auth_methods_supported': list(auth_methods)}).encode())
+    seen = []
+
+    def request(method, url, data=None, headers=None, **kwargs):
+        if url.endswith('/.well-known/openid-configuration'):
+            return discovery
+        seen.append((url, (headers or {}).get('Authorization'), dict(data or [])))
+        return responses.pop(0)
+    monkeypatch.setattr(client._session, 'request', request)
+    return client, seen
+
+
+@pytest.mark.parametrize('body, content_type', [
+    (b'OK', 'text/plain'), (b'', 'application/json'), (b'{}', 'application/json'), (b'revoked', None)])
+def test_revocation_succeeds_on_any_2xx_that_is_not_a_page(monkeypatch, body, content_type):
+    """RFC 7009: the client ignores the body of a successful revocation (a provider answered 200 text/plain OK)."""
+    headers = {'Content-Type': content_type} if content_type else {}
+    client, seen = scripted_provider(monkeypatch, [FakeResponse(body, 200, headers)])
+    client.revoke(REFRESH_TOKEN)
+    assert len(seen) == 1
+
+
+def test_revocation_answered_by_a_login_page_is_an_error(monkeypatch):
+    client, _seen = scripted_provider(monkeypatch, [FakeResponse(b'<html><title>Sign in</title></html>', 200,
+                                                                 {'Content-Type': 'text/html'})])
+    with pytest.raises(ResponseError, match='text/html instead of a JSON object'):
+        client.revoke(REFRESH_TOKEN)
+
+
+INVALID_CLIENT = FakeResponse(json.dumps({'error': 'invalid_client', 'error_description': 'bad auth'}).encode(), 401)
+
+
+def test_invalid_client_tries_the_other_method_once_and_keeps_it(monkeypatch):
+    ok = FakeResponse(json.dumps({'access_token': 'a', 'refresh_token': 'r'}).encode())
+    client, seen = scripted_provider(monkeypatch, [INVALID_CLIENT, ok, ok])
+    assert client.refresh(REFRESH_TOKEN).refresh_token == 'r'
+    assert seen[0][1].startswith('Basic ') and 'client_secret' not in seen[0][2]
+    assert seen[1][1] is None and seen[1][2]['client_secret'] == CLIENT_SECRET
+    assert client.auth_method == 'client_secret_post'
+    client.refresh(REFRESH_TOKEN)
+    assert len(seen) == 3 and seen[2][1] is None
+
+
+def test_invalid_client_with_both_methods_is_the_providers_error(monkeypatch):
+    client, seen = scripted_provider(monkeypatch, [INVALID_CLIENT, INVALID_CLIENT])
+    with pytest.raises(ProviderError, match='invalid_client'):
+        client.refresh(REFRESH_TOKEN)
+    assert len(seen) == 2
+
+
+def test_a_chosen_auth_method_is_never_second_guessed(monkeypatch):
+    client, seen = scripted_provider(monkeypatch, [INVALID_CLIENT], auth_method='client_secret_basic')
+    with pytest.raises(ProviderError, match='invalid_client'):
+        client.refresh(REFRESH_TOKEN)
+    assert len(seen) == 1
+
+
+def test_the_issuer_as_the_provider_names_it(monkeypatch):
+    client, _seen = scripted_provider(monkeypatch, [])
+    assert client.announced_issuer == ISSUER + '/' and client.issuer == ISSUER.rstrip('/')
