@@ -73,13 +73,18 @@ def as_list(value):
     return [str(v) for v in value if v]
 
 
+def account_issuer(account):
+    """The account's issuer as its provider names it (oidc-agent's issuer_url always ends in a slash)."""
+    return account.meta.get('issuer') or account.get('issuer_url') or ''
+
+
 def account_facts(name, account, path):
     """What may be shown about an account: everything but its secrets."""
     meta = account.meta
     return {
         'name': name,
         'path': path,
-        'issuer': account.get('issuer_url') or '',
+        'issuer': account_issuer(account),
         'client_id': account.get('client_id') or '',
         'scope': as_list(account.get('scope')),
         'offline_access': meta.get('offline_access'),
@@ -102,7 +107,7 @@ def build_account(name, issuer, client_id, client_secret, refresh_token, scope, 
     account = Account(
         name=name,
         client_name='oidc.tokens:%s' % name,
-        issuer_url=issuer,   # as the provider names it (callers pass the discovery document's issuer)
+        issuer_url=issuer,   # the file keeps it with the trailing slash oidc-agent 4 needs
         client_id=client_id,
         client_secret=client_secret or '',
         refresh_token=refresh_token,
@@ -117,6 +122,7 @@ def build_account(name, issuer, client_id, client_secret, refresh_token, scope, 
         # oidc-agent's own field: later calls (and oidc-agent 5) authenticate the way the client must.
         account['token_endpoint_auth_method'] = auth_method
     account.meta.update({
+        'issuer': issuer,   # as the provider names it (callers pass the discovery document's issuer)
         'created_at': now,
         'source': source,
         'lifetime': int(lifetime) if lifetime else None,
@@ -364,7 +370,7 @@ def _token_result(account, token, expires_at, scope, refreshed, warnings):
     return {
         'access_token': token,
         'expires_at': expires_at,
-        'issuer': account.get('issuer_url') or '',
+        'issuer': account_issuer(account),
         'scope': as_list(scope),
         'claims': {},
         'refreshed': refreshed,

@@ -433,7 +433,7 @@ class Present(object):
                    'issuer %s' % issuer if other_issuer else 'client %s' % params['client_id'],
                    'issuer' if other_issuer else 'client'))
         if other_issuer:
-            updated['issuer_url'] = params['issuer']
+            updated['issuer_url'] = updated.meta['issuer'] = params['issuer']
             changed.append('issuer')
         if other_client:
             updated['client_id'] = params['client_id']

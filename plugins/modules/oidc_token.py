@@ -148,7 +148,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
     run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    access_token, as_list, cached_access_token, expired_error, is_expired)
+    access_token, account_issuer, as_list, cached_access_token, expired_error, is_expired)
 
 
 def run(module):
@@ -178,7 +178,7 @@ def check_mode_result(store, params, password):
     if kept is not None:
         kept['changed'] = False
         return kept
-    return {'changed': True, 'refreshed': True, 'issuer': account.get('issuer_url'),
+    return {'changed': True, 'refreshed': True, 'issuer': account_issuer(account),
             'msg': 'A refresh would be needed; it does not happen in check mode.'}
 
 

@@ -166,9 +166,11 @@ def test_short_refresh_token_warns_with_both_times_and_what_to_change():
 
 
 def test_the_issuer_is_kept_as_the_provider_names_it():
-    assert account()['issuer_url'] == 'https://op.example.org/realms/hpc'
-    assert _tokens.build_account('a', 'https://iam.example.org/', 'c', 's', 'r', [])['issuer_url'] == \
+    assert _tokens.account_issuer(account()) == 'https://op.example.org/realms/hpc'
+    assert _tokens.account_issuer(_tokens.build_account('a', 'https://iam.example.org/', 'c', 's', 'r', [])) == \
         'https://iam.example.org/'
+    # An account oidc-agent made has only its issuer_url.
+    assert _tokens.account_issuer(_tokens.Account(issuer_url='https://iam.example.org/')) == 'https://iam.example.org/'
 
 
 # -- refresh ---------------------------------------------------------------------------------------------
