@@ -467,6 +467,37 @@ class Provider:
         response.raise_for_status()
         return response.json()
 
+    # -- what the provider-parametrised tests ask of every provider (tests/support/keycloak.py has the same) --
+
+    subject_scope = DEFAULT_USER_SCOPE                 # what the user's own token is asked with
+    exchange_scope = ['openid', 'storage.read:/', 'compute.read']
+    wants_offline_access = True                        # the exchange needs offline_access for a refresh token
+    audience = 'https://storage.example.org'           # an audience an exchange may ask for
+
+    def counts(self):
+        """Successful requests by kind since the start: {'exchange', 'refresh', 'revocation'}."""
+        token = self.stats()['token']
+        return {'exchange': token.get(GRANT_TOKEN_EXCHANGE, {}).get('succeeded', 0),
+                'refresh': token.get('refresh_token', {}).get('succeeded', 0),
+                'revocation': self.stats()['revocation']['succeeded']}
+
+    def introspect(self, token, client='plain-client'):
+        """The provider's own view of a token (RFC 7662), asked as ``client``."""
+        entry = self.client(client)
+        response = self.session.post(self.introspection_endpoint, data={'token': token}, timeout=10,
+                                     auth=_basic(entry))
+        response.raise_for_status()
+        return response.json()
+
+    def refresh_with(self, refresh_token, client='oidc-tokens-exchanger'):
+        """A plain refresh grant as ``client``; the JSON answer, or ProviderError when refused."""
+        entry = self.client(client)
+        response = self.session.post(self.token_endpoint, timeout=10, auth=_basic(entry),
+                                     data={'grant_type': 'refresh_token', 'refresh_token': refresh_token})
+        if response.status_code != 200:
+            raise ProviderError('refresh refused: HTTP %s %s' % (response.status_code, response.text[:300]))
+        return response.json()
+
     def reset_stats(self):
         response = self.session.post(self.url + '/_test/reset-stats', timeout=10)
         response.raise_for_status()
@@ -500,6 +531,12 @@ class Provider:
 
 
 # -- command line ------------------------------------------------------------------------------
+
+def _basic(client):
+    """HTTP Basic credentials of a client, form-urlencoded first (RFC 6749 2.3.1)."""
+    from urllib.parse import quote_plus
+    return (quote_plus(client['client_id']), quote_plus(client['client_secret']))
+
 
 def _pid_is_our_provider(pid):
     try:
