@@ -217,6 +217,20 @@ def _explained(exc, client, scope, audience):
     return exc
 
 
+def same_session(refresh_token, other):
+    """Whether two refresh tokens belong to one provider session (JWT refresh tokens naming the same sid).
+
+    Keycloak gives every refresh token a client gets by exchange from one login session the same client
+    session: revoking one of them ends them all. Such a replaced token must not be revoked.
+    """
+    sid = (jwt_claims(refresh_token) or {}).get('sid')
+    return bool(sid) and sid == (jwt_claims(other) or {}).get('sid')
+
+
+SAME_SESSION_NOTE = ('The replaced refresh token of account %r was not revoked: it belongs to the same provider '
+                     'session as the new one (Keycloak would end both); it ends with that session.')
+
+
 def account_is_usable(account, issuer=None, client_id=None, now=None):
     """Why an existing account cannot be kept as it is, or None when it can."""
     now = now if now is not None else time.time()

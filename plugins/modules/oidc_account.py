@@ -272,7 +272,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._options import (
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    account_facts, as_list, build_account, revoke_account)
+    SAME_SESSION_NOTE, account_facts, as_list, build_account, revoke_account, same_session)
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
 
 # Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
@@ -503,6 +503,8 @@ class Present(object):
         """Revoke the replaced refresh token (after the new one is on disk); failures are warnings."""
         if self.revoke_old is None or self.module.check_mode:
             return []
+        if same_session(self.revoke_old['refresh_token'], self.params['refresh_token']):
+            return [SAME_SESSION_NOTE % self.name]
         try:
             self.client_of(self.revoke_old).revoke(self.revoke_old['refresh_token'])
         except OidcTokensError as exc:

@@ -117,7 +117,8 @@ options:
         refresh token dies before the account's O(lifetime) ends. Keycloak, for instance, binds an exchanged
         refresh token to the user's SSO session (SSO Session Max, 10 hours by default).
       - V(warn) keeps the account and warns with both times and what the provider's admin can change. V(fail)
-        revokes the refresh token, keeps nothing and fails with the same message.
+        keeps nothing and fails with the same message. The refresh token is not revoked then, since on Keycloak
+        that ends every refresh token of the user's session for that client, those of running jobs included.
     type: str
     choices: [warn, fail]
     default: warn
@@ -223,8 +224,8 @@ from ansible_collections.oidc.tokens.plugins.module_utils._options import (
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import TOKEN_TYPE_REFRESH, resolve_token_type
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    OFFLINE_ACCESS_CHOICES, ShortRefreshTokenError, account_facts, account_is_usable, build_account, exchange,
-    short_refresh_token)
+    OFFLINE_ACCESS_CHOICES, SAME_SESSION_NOTE, ShortRefreshTokenError, account_facts, account_is_usable, build_account,
+    exchange, same_session, short_refresh_token)
 
 
 def run(module):
@@ -277,12 +278,10 @@ def run(module):
     warnings = []
     short = short_refresh_token(name, account)
     if short and params['short_refresh_token'] == 'fail':
-        # Nothing kept: the refresh token would die before the job does. Revoke it (best effort).
-        try:
-            client.revoke(token.refresh_token)
-        except OidcTokensError as exc:
-            short += ' Revoking the refresh token failed too: %s' % exc
-        raise ShortRefreshTokenError(short)
+        # Nothing is kept. The refresh token is not revoked: on Keycloak that would end every refresh token of
+        # the user's session for this client, those of jobs already running included; held by nobody, it
+        # dies with that session.
+        raise ShortRefreshTokenError(short + ' Nothing was kept (short_refresh_token: fail).')
     if short:
         warnings.append(short)
     if not params['persist']:
@@ -321,6 +320,8 @@ def replace_account(store, name, password, account, params):
         return ['The replaced account %r could not be read, so its refresh token was not revoked: %s' % (name, exc)]
     if not old.get('refresh_token'):
         return []
+    if same_session(old['refresh_token'], account['refresh_token']):
+        return [SAME_SESSION_NOTE % name]
     try:
         account_client(params.get, old).revoke(old['refresh_token'])
     except OidcTokensError as exc:

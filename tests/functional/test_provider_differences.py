@@ -56,7 +56,7 @@ def test_indigo_iam_needs_offline_access_and_answers_jwt(provider_factory):
 def test_a_provider_refusing_offline_access_is_asked_again_without(world):
     """Keycloak's standard exchange refuses offline_access; 'auto' asks again without it, and gets the RT."""
     provider, proxy = world
-    proxy.push_response(400, json.dumps({'error': 'invalid_scope', 'error_description':
+    proxy.push_response(400, json.dumps({'error': 'invalid_request', 'error_description':
                                          'Scope offline_access not allowed for token exchange'}).encode(),
                         match='POST /token ')
     before = proxy.forwarded

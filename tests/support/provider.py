@@ -473,6 +473,7 @@ class Provider:
     exchange_scope = ['openid', 'storage.read:/', 'compute.read']
     wants_offline_access = True                        # the exchange needs offline_access for a refresh token
     audience = 'https://storage.example.org'           # an audience an exchange may ask for
+    says_refresh_token_expiry = False                  # opaque refresh tokens, no refresh_expires_in
 
     def counts(self):
         """Successful requests by kind since the start: {'exchange', 'refresh', 'revocation'}."""

@@ -19,7 +19,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils import _tokens
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
     TOKEN_TYPE_JWT, TOKEN_TYPE_REFRESH, ProviderError, TokenResponse)
 
-KEYCLOAK_REFUSES_OFFLINE = ProviderError('refused', error='invalid_scope',
+KEYCLOAK_REFUSES_OFFLINE = ProviderError('refused', error='invalid_request',
                                          error_description='Scope offline_access not allowed for token exchange',
                                          status=400)
 
