@@ -56,8 +56,8 @@ def rt_answer(**extra):
 def test_auto_asks_with_offline_access_and_again_without_when_it_is_refused():
     client = FakeClient(KEYCLOAK_REFUSES_OFFLINE, rt_answer())
     token = _tokens.exchange(client, 'subject', scope=['openid', 'compute.read'])
-    assert [c[1]['scope'] for c in client.calls] == [['openid', 'compute.read', 'offline_access'],
-                                                       ['openid', 'compute.read']]
+    asked = [c[1]['scope'] for c in client.calls]
+    assert asked == [['openid', 'compute.read', 'offline_access'], ['openid', 'compute.read']]
     assert token.refresh_token == 'rt-1' and token.offline_access_requested is False
 
 
@@ -197,7 +197,8 @@ def test_refresh_sends_the_accounts_scope_and_audience():
     kwargs = client.calls[0][1]
     assert kwargs['scope'] == ['openid', 'offline_access', 'compute.read'] and kwargs['audience'] == ['storage']
     assert store.account['refresh_token'] == 'rt-2'
-    assert store.account.meta['refresh_token_expires_at'] == result['refresh_token_expires_at'] is not None
+    assert result['refresh_token_expires_at'] is not None
+    assert store.account.meta['refresh_token_expires_at'] == result['refresh_token_expires_at']
 
 
 def test_a_down_scoped_refresh_keeps_offline_access():
