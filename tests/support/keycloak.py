@@ -66,7 +66,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from provider import (  # noqa: E402  (tests/support on sys.path)
-    GRANT_TOKEN_EXCHANGE, ProviderError, load_config, make_tls_material, _is_ip)
+    GRANT_TOKEN_EXCHANGE, ProviderError, LocalOpenIDServer, load_config, make_tls_material, _is_ip)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 KEYCLOAK_DIR = os.path.join(REPO_ROOT, 'tests', 'keycloak')
@@ -440,7 +440,7 @@ def _basic(client):
 
 # -- Keycloak ----------------------------------------------------------------------------------
 
-class Keycloak:
+class Keycloak(LocalOpenIDServer):
     """One Keycloak (start-dev) on 127.0.0.1, free ports unless ``port`` is given, realm oidc-tokens imported.
 
     at_ttl: access-token lifetime of the realm (the exchanged and refreshed tokens). user_at_ttl: of user-cli's
@@ -509,19 +509,6 @@ class Keycloak:
         self._watchdog = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def __repr__(self):
-        return '<Keycloak %s issuer=%s pid=%s>' % (self.url, self.issuer, self.pid)
-
-    @property
-    def running(self):
-        return self.process is not None and self.process.poll() is None
 
     @property
     def home(self):
@@ -718,19 +705,6 @@ class Keycloak:
     # -- convenience for tests ------------------------------------------------------------------
 
     @property
-    def verify(self):
-        """The value for requests' ``verify=``."""
-        return self.ca_path if self.ca_path else True
-
-    @property
-    def session(self):
-        if self._session is None:
-            self._session = requests.Session()
-            self._session.trust_env = False
-            self._session.verify = self.verify
-        return self._session
-
-    @property
     def token_endpoint(self):
         return self.url + '/protocol/openid-connect/token'
 
@@ -777,16 +751,6 @@ class Keycloak:
         if response.status_code != 200:
             raise KeycloakError('password grant for %s failed: HTTP %s %s'
                                 % (username, response.status_code, response.text[:500]))
-        return response.json()
-
-    def user_access_token(self, username='alice', scope=DEFAULT_USER_SCOPE, with_refresh=False):
-        """A user's access token (str), or with_refresh=True the whole token response (dict)."""
-        tokens = self.user_tokens(username, scope)
-        return tokens if with_refresh else tokens['access_token']
-
-    def metadata(self):
-        response = self.session.get(self.discovery_url, timeout=10)
-        response.raise_for_status()
         return response.json()
 
     def stats(self):

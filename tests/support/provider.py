@@ -191,7 +191,52 @@ def _is_ip(value):
 
 # -- the provider ------------------------------------------------------------------------------
 
-class Provider:
+class LocalOpenIDServer:
+    """What every test OpenID provider of this directory offers the tests (Provider here, Keycloak in
+    keycloak.py): an HTTP session that trusts the server's CA, discovery, a user's access token."""
+
+    _session = None
+    process = None
+    subject_scope = DEFAULT_USER_SCOPE
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        return '<%s %s issuer=%s pid=%s>' % (type(self).__name__, self.url, self.issuer, self.pid)
+
+    @property
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def verify(self):
+        """The value for requests' ``verify=``."""
+        return self.ca_path if self.ca_path else True
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.trust_env = False
+            self._session.verify = self.verify
+        return self._session
+
+    def metadata(self):
+        response = self.session.get(self.discovery_url, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def user_access_token(self, username='alice', scope=None, with_refresh=False):
+        """A user's access token (str), or with_refresh=True the whole token response (dict)."""
+        tokens = self.user_tokens(username, self.subject_scope if scope is None else scope)
+        return tokens if with_refresh else tokens['access_token']
+
+
+class Provider(LocalOpenIDServer):
     """One test provider process on 127.0.0.1 (a free port unless ``port`` is given).
 
     issuer_host: the host put in the issuer (default 127.0.0.1), e.g. 'localhost' to make an issuer
@@ -238,19 +283,6 @@ class Provider:
         self._session = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def __repr__(self):
-        return '<Provider %s issuer=%s pid=%s>' % (self.url, self.issuer, self.pid)
-
-    @property
-    def running(self):
-        return self.process is not None and self.process.poll() is None
 
     @property
     def stdout_path(self):
@@ -394,19 +426,6 @@ class Provider:
     # -- convenience for tests ------------------------------------------------------------------
 
     @property
-    def verify(self):
-        """The value for requests' ``verify=``."""
-        return self.ca_path if self.ca_path else True
-
-    @property
-    def session(self):
-        if self._session is None:
-            self._session = requests.Session()
-            self._session.trust_env = False
-            self._session.verify = self.verify
-        return self._session
-
-    @property
     def token_endpoint(self):
         return self.url + '/token'
 
@@ -457,11 +476,6 @@ class Provider:
                                 % (username, response.status_code, response.text[:500]))
         return response.json()
 
-    def user_access_token(self, username='alice', scope=DEFAULT_USER_SCOPE, with_refresh=False):
-        """A user's access token (str), or with_refresh=True the whole token response (dict)."""
-        tokens = self.user_tokens(username, scope)
-        return tokens if with_refresh else tokens['access_token']
-
     def stats(self):
         response = self.session.get(self.url + '/_test/stats', timeout=10)
         response.raise_for_status()
@@ -469,7 +483,6 @@ class Provider:
 
     # -- what the provider-parametrised tests ask of every provider (tests/support/keycloak.py has the same) --
 
-    subject_scope = DEFAULT_USER_SCOPE                 # what the user's own token is asked with
     exchange_scope = ['openid', 'storage.read:/', 'compute.read']
     wants_offline_access = True                        # the exchange needs offline_access for a refresh token
     audience = 'https://storage.example.org'           # an audience an exchange may ask for
@@ -501,11 +514,6 @@ class Provider:
 
     def reset_stats(self):
         response = self.session.post(self.url + '/_test/reset-stats', timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-    def metadata(self):
-        response = self.session.get(self.discovery_url, timeout=10)
         response.raise_for_status()
         return response.json()
 
