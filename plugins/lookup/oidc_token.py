@@ -56,7 +56,7 @@ options:
   scope:
     description:
       - Ask for a token with fewer scopes than the account holds (oidc-token's C(-s)). Unlike oidc-agent, the lookup
-        caches such a token too, in an entry of its own.
+        caches such a token too, in an entry of its own. A scope the provider does not grant fails the lookup.
     type: list
     elements: str
   audience:

@@ -107,6 +107,12 @@ class ProviderError(OAuthError):
         self.error_description = error_description
         self.status = status
 
+    @property
+    def client_not_authenticated(self):
+        """The provider did not accept the client's credentials or their method: invalid_client (RFC 6749
+        §5.2), or the HTTP 401 unauthorized_client that Keycloak answers instead."""
+        return self.error == 'invalid_client' or (self.error == 'unauthorized_client' and self.status == 401)
+
 
 class TokenVerificationError(OAuthError):
     """A JWT failed verification: bad signature, unknown key, wrong issuer, expired, or alg none."""
@@ -501,7 +507,7 @@ class OAuthClient(object):
             other = self._other_auth_method(exc, authenticate)
             if other is None:
                 raise
-            # invalid_client: the provider rejected how the client authenticated, before it processed
+            # The provider rejected how the client authenticated, before it processed
             # anything, so asking once more with the other method spends no credential.
             data = self._authenticated_request(method, url, form, authenticate, other, idempotent, what,
                                                any_success_body)
@@ -509,8 +515,8 @@ class OAuthClient(object):
             return data
 
     def _other_auth_method(self, exc, authenticate):
-        """The method to try after invalid_client, when the user chose none and a secret is in use."""
-        if exc.error != 'invalid_client' or not authenticate or self._client_secret is None or self._chosen_method:
+        """The method to try after a client authentication failure, when the user chose none and a secret is in use."""
+        if not exc.client_not_authenticated or not authenticate or self._client_secret is None or self._chosen_method:
             return None
         return [m for m in AUTH_METHODS if m != self.auth_method][0]
 
@@ -610,9 +616,14 @@ class OAuthClient(object):
             if isinstance(description, str) and description:
                 message += ' (%s)' % description
             message += ' [HTTP %d]' % status
-            raise ProviderError(message, error=error,
-                                error_description=description if isinstance(description, str) else None,
-                                status=status)
+            refusal = ProviderError(message, error=error,
+                                    error_description=description if isinstance(description, str) else None,
+                                    status=status)
+            # 401 only: Keycloak also answers invalid_client, with 400, for an unknown audience.
+            if refusal.client_not_authenticated and status == 401:
+                refusal.args = (message + ': the client was not authenticated; check client_id, client_secret and '
+                                'auth_method against its registration',)
+            raise refusal
         return data
 
 

@@ -43,6 +43,10 @@ class RevocationError(OidcTokensError):
     """The refresh token could not be revoked; the account was kept."""
 
 
+class ScopeNotGrantedError(OidcTokensError):
+    """The provider answered a down-scoped refresh with a token that lacks a scope asked for."""
+
+
 class ShortRefreshTokenError(OidcTokensError):
     """The provider's refresh token dies before the account's lifetime ends, and the user asked to fail then."""
 
@@ -197,6 +201,9 @@ _EXCHANGE_HINTS = (
      'The client {client} may not get refresh tokens from token exchange: the provider\'s admin must allow it '
      '(Keycloak: "Allow refresh token in Standard Token Exchange", standard.token.exchange.'
      'enableRefreshRequestedTokenType=SAME_SESSION).'),
+    ('invalid_request', 'standard token exchange is not enabled',
+     'The client {client} may not exchange tokens: the provider\'s admin must enable it (Keycloak: "Standard Token '
+     'Exchange" in the client\'s capability config, standard.token.exchange.enabled=true).'),
     ('invalid_request', 'creating a new session',
      'Keycloak gives an exchanged refresh token only for a subject token of a normal login session, not of an '
      'offline or transient one: exchange an access token from an interactive login.'),
@@ -325,6 +332,8 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
         client = client_for(account)
         updated, result = _refresh(name, account, client, scope, audience, resource, default, min_valid_period,
                                    current)
+        if isinstance(result, ScopeNotGrantedError):
+            return updated, (result, updated)   # the rotated refresh token is written all the same
         if claims == 'verify' and jwt_claims(result['access_token']) is not None:
             # Before anything is written: an answer whose token fails verification is not trusted for its
             # refresh token either, and a token that failed must never be kept and handed out later.
@@ -334,6 +343,7 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
     result, account = store.update(name, password, under_lock)
     if isinstance(result, AccountExpiredError):
         drop_account_entries(store.config_dir, name)
+    if isinstance(result, OidcTokensError):
         raise result
     # A kept token's claims are checked after the lock is released: no JWKS download holds up other workers.
     if claims and not result['claims'] and jwt_claims(result['access_token']) is not None:
@@ -371,6 +381,14 @@ def _refresh(name, account, client, scope, audience, resource, default, min_vali
     if default:
         updated.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
                              'access_token_scope': token.scope})
+    # RFC 6749 3.3: a provider may grant less than asked. Keycloak drops, without an error, a scope a refresh
+    # cannot have; a token without the scope the user asked for would only be refused where it is used.
+    not_granted = [s for s in scope if s != OFFLINE_ACCESS and s not in as_list(token.scope)] if token.scope else []
+    if not_granted:
+        held = ' '.join(stored_scope) or 'none recorded'
+        return updated, ScopeNotGrantedError(
+            'The provider %s did not grant %s for account %r: the token it issued covers %s. It was not handed out; '
+            'ask for scopes the account holds (%s).' % (client.issuer, ' '.join(not_granted), name, token.scope, held))
     warnings = []
     if token.expires_in is not None and min_valid_period and token.expires_in <= min_valid_period:
         # oidc-agent #410: users asked for more validity than the provider gives and never knew.

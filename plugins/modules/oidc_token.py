@@ -46,7 +46,8 @@ options:
   scope:
     description:
       - Ask for a token with fewer scopes than the account holds (oidc-token's C(-s)). Asking for a scope the
-        refresh token does not cover fails with the provider's up-scoping error.
+        refresh token does not cover fails with the provider's up-scoping error, or, where the provider answers
+        with a token without that scope (Keycloak), with an error naming what it did not grant.
     type: list
     elements: str
   audience:

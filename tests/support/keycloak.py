@@ -8,12 +8,14 @@ As a library (pytest fixtures, other helpers)::
         op.client('oidc-tokens-exchanger')        # {'client_id', 'client_secret', 'auth_method', 'grant_types'}
         op.user_access_token()                    # alice's access token (password grant of user-cli)
         op.counts()                               # successful exchanges, refreshes, revocations (Keycloak's events)
+        op.request_counts()                       # requests and failures by kind, introspections too
 
 From a shell script (the same commands and the same provider.json keys as provider.py)::
 
     python3 tests/support/keycloak.py start --state-dir DIR [--tls] [--at-ttl N] [--rt-ttl N] ...
     python3 tests/support/keycloak.py stop --state-dir DIR
     python3 tests/support/keycloak.py user-token --state-dir DIR [--user alice]
+    python3 tests/support/keycloak.py counts --state-dir DIR   # requests and failures by kind, JSON
     python3 tests/support/keycloak.py prepare        # what scripts/setup runs once (see below)
     python3 tests/support/keycloak.py java-home      # the JDK this file runs Keycloak with
 
@@ -42,7 +44,6 @@ Standard library, requests and cryptography only.
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import copy
 import fcntl
@@ -56,7 +57,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from urllib.parse import quote_plus
 
 import requests
@@ -66,7 +66,8 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from provider import (  # noqa: E402  (tests/support on sys.path)
-    GRANT_TOKEN_EXCHANGE, ProviderError, LocalOpenIDServer, load_config, make_tls_material, _is_ip)
+    _LIVE, GRANT_TOKEN_EXCHANGE, ProviderError, LocalOpenIDServer, cli_counts, cli_user_token, load_config,
+    make_tls_material, _is_ip)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 KEYCLOAK_DIR = os.path.join(REPO_ROOT, 'tests', 'keycloak')
@@ -105,22 +106,9 @@ _ENV_DROP_PREFIXES = ('KC_', 'QUARKUS_', 'JAVA_OPTS', 'KEYCLOAK_ADMIN')
 _ENV_DROP = ('JAVA', 'JAVA_HOME', 'JAVA_ADD_OPENS', 'JAVA_LOCALE', 'JAVA_TOOL_OPTIONS', 'JDK_JAVA_OPTIONS',
              '_JAVA_OPTIONS', 'DEBUG', 'DEBUG_PORT', 'DEBUG_SUSPEND', 'PRINT_ENV')
 
-_LIVE = weakref.WeakSet()
-
 
 class KeycloakError(ProviderError):
     """Keycloak is not installed, could not be started, or refused a test helper's request."""
-
-
-def _stop_all_at_exit():
-    for instance in list(_LIVE):
-        try:
-            instance.stop()
-        except Exception:  # pragma: no cover - best effort at interpreter exit
-            pass
-
-
-atexit.register(_stop_all_at_exit)
 
 
 # -- installation ------------------------------------------------------------------------------
@@ -821,12 +809,17 @@ class Keycloak(LocalOpenIDServer):
         response.raise_for_status()
         return response.json()
 
-    def counts(self):
-        """Successful requests by kind since the start: {'exchange', 'refresh', 'revocation'} (from events)."""
-        kinds = {'TOKEN_EXCHANGE': 'exchange', 'REFRESH_TOKEN': 'refresh', 'REVOKE_GRANT': 'revocation'}
-        result = dict.fromkeys(kinds.values(), 0)
-        for event in self.events(*kinds):
-            result[kinds[event['type']]] += 1
+    def request_counts(self):
+        """Requests by kind since the start, and how many failed, from Keycloak's events (X and X_ERROR): the
+        shape of Provider.request_counts()."""
+        kinds = {'TOKEN_EXCHANGE': 'exchange', 'REFRESH_TOKEN': 'refresh', 'REVOKE_GRANT': 'revocation',
+                 'INTROSPECT_TOKEN': 'introspection'}
+        result = {'requests': dict.fromkeys(kinds.values(), 0), 'failed': dict.fromkeys(kinds.values(), 0)}
+        for event in self.events(*(list(kinds) + [kind + '_ERROR' for kind in kinds])):
+            failed = event['type'].endswith('_ERROR')
+            kind = kinds[event['type'][:-len('_ERROR')] if failed else event['type']]
+            result['requests'][kind] += 1
+            result['failed'][kind] += failed
         return result
 
     def logout_user(self, username='alice'):
@@ -838,8 +831,7 @@ class Keycloak(LocalOpenIDServer):
 
     def state(self):
         """What ``keycloak.py start`` writes to provider.json (the keys of provider.py, and Keycloak's own)."""
-        return {
-            'kind': self.kind,
+        return dict(self.profile(), **{
             'issuer': self.issuer,
             'url': self.url,
             'port': self.ready['port'] if self.ready else None,
@@ -863,7 +855,7 @@ class Keycloak(LocalOpenIDServer):
             'sso_max': self.sso_max,
             'java_home': self.java_home,
             'home': self.home,
-        }
+        })
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -935,26 +927,6 @@ def _cli_stop(args):
     return 0
 
 
-def _cli_user_token(args):
-    """Print a user's access token from the Keycloak of STATE_DIR (password grant of user-cli)."""
-    state = _read_json(os.path.join(os.path.abspath(args.state_dir), 'provider.json'))
-    if state is None:
-        print('no provider.json in %s' % args.state_dir, file=sys.stderr)
-        return 1
-    verify = state.get('ca_path') or True
-    client = state['clients'][USER_CLIENT]
-    user = state['users'][args.user]
-    response = requests.post(state['token_endpoint'], verify=verify, timeout=10, auth=_basic(client),
-                             data={'grant_type': 'password', 'username': args.user, 'password': user['password'],
-                                   'scope': args.scope})
-    if response.status_code != 200:
-        print('password grant for %s failed: HTTP %s %s' % (args.user, response.status_code, response.text[:300]),
-              file=sys.stderr)
-        return 1
-    print(response.json()['access_token'])
-    return 0
-
-
 def _cli_prepare(args):
     if args.check:
         try:
@@ -1003,6 +975,8 @@ def main(argv=None):
     user_token.add_argument('--state-dir', required=True)
     user_token.add_argument('--user', default='alice')
     user_token.add_argument('--scope', default=DEFAULT_USER_SCOPE)
+    counts = sub.add_parser('counts', help='print requests (and failures) by kind since the start, as JSON')
+    counts.add_argument('--state-dir', required=True)
     prep = sub.add_parser('prepare', help='augment and make the database template once (scripts/setup runs it)')
     prep.add_argument('--quiet', action='store_true', help='print nothing unless it fails')
     prep.add_argument('--check', action='store_true', help='only tell (exit 0) whether it is prepared')
@@ -1011,7 +985,9 @@ def main(argv=None):
     if args.command == 'start':
         return _cli_start(args)
     if args.command == 'user-token':
-        return _cli_user_token(args)
+        return cli_user_token(Keycloak, args)
+    if args.command == 'counts':
+        return cli_counts(Keycloak, args)
     if args.command == 'prepare':
         return _cli_prepare(args)
     if args.command == 'java-home':

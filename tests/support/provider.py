@@ -13,6 +13,8 @@ From a shell script::
 
     python3 tests/support/provider.py start --state-dir DIR [--tls] [--at-ttl N] ...
     python3 tests/support/provider.py stop --state-dir DIR
+    python3 tests/support/provider.py user-token --state-dir DIR [--user alice]   # alice's access token
+    python3 tests/support/provider.py counts --state-dir DIR   # requests and failures by kind, JSON
 
 ``start`` leaves the provider running in the background, writes DIR/provider.json
 ({issuer, url, port, ca_path, pid, clients, ...}) and prints the same JSON.
@@ -229,6 +231,27 @@ class LocalOpenIDServer:
         response = self.session.get(self.discovery_url, timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def profile(self):
+        """What tests parametrised by provider ask of this one (part of provider.json, for shell and Ansible)."""
+        return {'kind': self.kind, 'subject_scope': self.subject_scope, 'exchange_scope': list(self.exchange_scope),
+                'wants_offline_access': self.wants_offline_access, 'audience': self.audience,
+                'says_refresh_token_expiry': self.says_refresh_token_expiry}
+
+    @classmethod
+    def from_state(cls, state):
+        """The server that ``start --state-dir`` left running, from its provider.json: the HTTP helpers work,
+        starting and stopping do not (that is the command line's ``stop``)."""
+        instance = cls(tls=state.get('tls', False))
+        for key in ('issuer', 'url', 'ca_path', 'pid', 'base_url'):
+            if key in state:
+                setattr(instance, key, state[key])
+        return instance
+
+    def counts(self):
+        """Successful requests by kind since the start: {'exchange', 'refresh', 'revocation'}."""
+        counts = self.request_counts()
+        return {kind: counts['requests'][kind] - counts['failed'][kind] for kind in ('exchange', 'refresh', 'revocation')}
 
     def user_access_token(self, username='alice', scope=None, with_refresh=False):
         """A user's access token (str), or with_refresh=True the whole token response (dict)."""
@@ -483,17 +506,21 @@ class Provider(LocalOpenIDServer):
 
     # -- what the provider-parametrised tests ask of every provider (tests/support/keycloak.py has the same) --
 
+    kind = 'node-oidc-provider'
     exchange_scope = ['openid', 'storage.read:/', 'compute.read']
     wants_offline_access = True                        # the exchange needs offline_access for a refresh token
     audience = 'https://storage.example.org'           # an audience an exchange may ask for
     says_refresh_token_expiry = False                  # opaque refresh tokens, no refresh_expires_in
 
-    def counts(self):
-        """Successful requests by kind since the start: {'exchange', 'refresh', 'revocation'}."""
-        token = self.stats()['token']
-        return {'exchange': token.get(GRANT_TOKEN_EXCHANGE, {}).get('succeeded', 0),
-                'refresh': token.get('refresh_token', {}).get('succeeded', 0),
-                'revocation': self.stats()['revocation']['succeeded']}
+    def request_counts(self):
+        """Requests by kind since the start, and how many of them failed (what ``counts`` prints):
+        {'requests': {'exchange', 'refresh', 'revocation', 'introspection'}, 'failed': {the same}}."""
+        stats = self.stats()
+        kinds = {'exchange': stats['token'].get(GRANT_TOKEN_EXCHANGE, {}),
+                 'refresh': stats['token'].get('refresh_token', {}),
+                 'revocation': stats['revocation'], 'introspection': stats['introspection']}
+        return {'requests': {kind: entry.get('requests', 0) for kind, entry in kinds.items()},
+                'failed': {kind: entry.get('failed', 0) for kind, entry in kinds.items()}}
 
     def introspect(self, token, client='plain-client'):
         """The provider's own view of a token (RFC 7662), asked as ``client``."""
@@ -519,7 +546,7 @@ class Provider(LocalOpenIDServer):
 
     def state(self):
         """What ``provider.py start`` writes to provider.json."""
-        return {
+        return dict(self.profile(), **{
             'issuer': self.issuer,
             'url': self.url,
             'port': self.ready['port'] if self.ready else None,
@@ -536,7 +563,7 @@ class Provider(LocalOpenIDServer):
             'log': self.log_path if self.workdir else None,
             'clients': self.clients(),
             'users': {name: dict(user) for name, user in self.config.get('users', {}).items()},
-        }
+        })
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -626,23 +653,28 @@ def _cli_stop(args):
     return 0
 
 
-def _cli_user_token(args):
-    """Print a user's access token from the provider of STATE_DIR (test-only password grant)."""
-    with open(os.path.join(os.path.abspath(args.state_dir), 'provider.json'), encoding='utf-8') as handle:
-        state = json.load(handle)
-    verify = state.get('ca_path') or True
-    metadata = requests.get(state['url'] + '/.well-known/openid-configuration', verify=verify, timeout=10).json()
-    client = state['clients'][USER_CLIENT]
-    user = state['users'][args.user]
-    response = requests.post(metadata['token_endpoint'], verify=verify, timeout=10,
-                             auth=(client['client_id'], client['client_secret']),
-                             data={'grant_type': 'password', 'username': args.user, 'password': user['password'],
-                                   'scope': args.scope})
-    if response.status_code != 200:
-        print('password grant for %s failed: HTTP %s %s' % (args.user, response.status_code, response.text[:300]),
-              file=sys.stderr)
+def _read_state(state_dir):
+    with open(os.path.join(os.path.abspath(state_dir), 'provider.json'), encoding='utf-8') as handle:
+        return json.load(handle)
+
+
+def cli_user_token(server_class, args):
+    """Print a user's access token from the server of STATE_DIR (its password grant, client user-cli)."""
+    try:
+        print(server_class.from_state(_read_state(args.state_dir)).user_access_token(args.user, args.scope))
+    except (OSError, ProviderError) as exc:
+        print(str(exc), file=sys.stderr)
         return 1
-    print(response.json()['access_token'])
+    return 0
+
+
+def cli_counts(server_class, args):
+    """Print the request_counts() of the server of STATE_DIR as JSON."""
+    try:
+        print(json.dumps(server_class.from_state(_read_state(args.state_dir)).request_counts(), sort_keys=True))
+    except (OSError, ProviderError, requests.RequestException) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -668,11 +700,15 @@ def main(argv=None):
     user_token.add_argument('--state-dir', required=True)
     user_token.add_argument('--user', default='alice')
     user_token.add_argument('--scope', default=DEFAULT_USER_SCOPE)
+    counts = sub.add_parser('counts', help='print requests (and failures) by kind since the start, as JSON')
+    counts.add_argument('--state-dir', required=True)
     args = parser.parse_args(argv)
     if args.command == 'start':
         return _cli_start(args)
     if args.command == 'user-token':
-        return _cli_user_token(args)
+        return cli_user_token(Provider, args)
+    if args.command == 'counts':
+        return cli_counts(Provider, args)
     return _cli_stop(args)
 
 

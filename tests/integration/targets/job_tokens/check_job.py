@@ -1,6 +1,9 @@
 """Check what job_run.yml did on the local workers, after it ended (run as root).
 
-    python check_job.py [--brief] PROVIDER_JSON TOKENS_JSON RESULTS_DIR DURATION ACCOUNT USER...
+    python check_job.py [--brief] PROVIDER_JSON COUNTS_JSON TOKENS_JSON RESULTS_DIR DURATION ACCOUNT USER...
+
+PROVIDER_JSON is what the provider's helper (tests/support/provider.py or keycloak.py) wrote at `start`,
+COUNTS_JSON what its `counts` printed after the teardown.
 
 --brief prints one line per worker and the failed checks only (scripts/demo uses it).
 
@@ -19,8 +22,6 @@ import os
 import pwd
 import subprocess
 import sys
-
-import requests
 
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import OAuthClient
 
@@ -60,13 +61,16 @@ def refresher_processes(uid, account):
     return found
 
 
-def main(provider_json, tokens_json, results_dir, duration, account, users):
+def main(provider_json, counts_json, tokens_json, results_dir, duration, account, users):
     with open(provider_json, encoding='utf-8') as handle:
         op = json.load(handle)
+    with open(counts_json, encoding='utf-8') as handle:
+        counts = json.load(handle)
     with open(tokens_json, encoding='utf-8') as handle:
         tokens = json.load(handle)
-    rs = op['clients']['plain-client']
-    resource_server = OAuthClient(op['issuer'], rs['client_id'], rs['client_secret'], ca_path=op['ca_path'])
+    # Refresh tokens are introspected as the client they were issued to: Keycloak shows them to no other.
+    owner = op['clients']['oidc-tokens-exchanger']
+    exchanger = OAuthClient(op['issuer'], owner['client_id'], owner['client_secret'], ca_path=op['ca_path'])
     duration = float(duration)
 
     for user in users:
@@ -99,7 +103,7 @@ def main(provider_json, tokens_json, results_dir, duration, account, users):
               % user)
         check(held.get('cron_while_running') is True, '%s: the cron entry was installed while the job ran' % user)
         seen = held.get('all') or []
-        active = [i for i, token in enumerate(seen) if resource_server.introspect(token, 'refresh_token')['active']]
+        active = [i for i, token in enumerate(seen) if exchanger.introspect(token, 'refresh_token')['active']]
         check(seen and not active, '%s: all %d refresh tokens the worker held introspect inactive (the last one revoked, '
               'the others rotated)%s' % (user, len(seen), ' - active: %s' % active if active else ''))
 
@@ -130,16 +134,17 @@ def main(provider_json, tokens_json, results_dir, duration, account, users):
                   % (user, job.get('calls'), job.get('seconds'), job.get('invalid'), job.get('distinct_tokens'),
                      len(seen)))
 
-    stats = requests.get(op['url'] + '/_test/stats', verify=op['ca_path'], timeout=10).json()
-    exchanges = stats['token'].get('urn:ietf:params:oauth:grant-type:token-exchange', {})
-    refreshes = stats['token'].get('refresh_token', {})
-    print('%sprovider: %d exchanges, %d refreshes (%d refused), %d revocations, %d introspections (%d active)'
-          % ('   ' if BRIEF else '--- ', exchanges.get('succeeded', 0), refreshes.get('succeeded', 0), refreshes.get('failed', 0),
-             stats['revocation']['succeeded'], stats['introspection']['requests'], stats['introspection']['active']))
-    check(exchanges.get('succeeded') == len(users) and not exchanges.get('failed'),
-          'the provider saw exactly one exchange per worker')
-    check(not refreshes.get('failed'), 'the provider refused no refresh (no refresh token was replayed)')
-    check(stats['revocation']['succeeded'] >= len(users), 'the provider saw a revocation per worker')
+    requests, failed = counts['requests'], counts['failed']
+    print('%s%s: %d exchanges, %d refreshes (%d refused), %d revocations, %d introspections'
+          % ('   ' if BRIEF else '--- ', op.get('kind', 'provider'), requests['exchange'], requests['refresh'],
+             failed['refresh'], requests['revocation'], requests['introspection']))
+    check(requests['exchange'] - failed['exchange'] == len(users), 'the provider saw exactly one exchange per worker')
+    # offline_access: auto asks with offline_access first; a provider that refuses it (Keycloak) is asked once more.
+    refused = 0 if op.get('wants_offline_access', True) else len(users)
+    check(failed['exchange'] == refused, 'the provider refused %d exchange(s), %d expected (offline_access asked for)'
+          % (failed['exchange'], refused))
+    check(not failed['refresh'], 'the provider refused no refresh (no refresh token was replayed)')
+    check(requests['revocation'] - failed['revocation'] >= len(users), 'the provider saw a revocation per worker')
     if FAILURES:
         print('%d check(s) failed' % len(FAILURES))
         return 1
@@ -152,4 +157,4 @@ if __name__ == '__main__':
     if argv and argv[0] == '--brief':
         BRIEF = True
         argv = argv[1:]
-    sys.exit(main(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5:]))
+    sys.exit(main(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6:]))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The role oidc.tokens.job_tokens through the collection's playbook job_run.yml, on three local
-# "workers" (localhost aliases, each with its own Unix job user, become via su), against a
-# provider of its own whose access tokens live 4 seconds:
+# "workers" (localhost aliases, each with its own Unix job user, become via su), against an instance
+# of its own of the provider the targets run against (node-oidc-provider or Keycloak) whose access
+# tokens live 4 seconds:
 #   1. a job of 18 s (4.5 access-token lifetimes) that uses its bearer-token file every second and
 #      has the provider introspect it, as a resource server would: never an invalid token;
 #      after the teardown every refresh token introspects inactive and nothing is left;
@@ -9,7 +10,8 @@
 #      and the teardown in `always` still revokes and cleans up;
 #   3. teardown again, and teardown of a job that never started: both succeed;
 #   4. the role's argument specs and checks refuse bad input with messages that name the variable;
-#   5. the systemd units the role writes pass `systemd-analyze verify`.
+#   5. the systemd units the role writes pass `systemd-analyze verify`
+#   (4 and 5 involve no provider: only in the node-oidc-provider pass).
 # Needs root (it creates the users oidcjob1..3 and removes them at the end), useradd, su, crontab
 # and setfacl (scripts/setup installs cron and acl), and Python 3 with requests, PyNaCl and
 # cryptography for the job users (scripts/setup installs python3-requests, python3-nacl, python3-cryptography).
@@ -60,7 +62,7 @@ cleanup() {
         ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" >/dev/null 2>&1
     fi
     if [ -f "$PROVIDER_STATE/provider.json" ]; then
-        "$PY" "$WORK/provider-tree/tests/support/provider.py" stop --state-dir "$PROVIDER_STATE" >/dev/null 2>&1
+        provider stop --state-dir "$PROVIDER_STATE" >/dev/null 2>&1
     fi
     for user in "${CREATED_USERS[@]}"; do
         userdel -r "$user" >/dev/null 2>&1 || echo "job_tokens: could not remove the user $user" >&2
@@ -71,36 +73,17 @@ cleanup() {
 trap cleanup EXIT
 
 # --- a provider of our own, with short-lived access tokens ------------------------------------------
-# ansible-test runs this in a copy of the collection without tests/provider/node_modules (scripts/test
-# does not copy it). The launcher and the provider's code are taken from the copy under test; the
-# installed packages come from the checkout: $OIDC_TOKENS_PROVIDER_DIR, or the copy itself, or the
-# directory the provider that scripts/test started runs in (its pid is in integration_config.yml).
-# They meet in a private tree under $WORK, so the copy is not changed.
-find_provider_packages() {
-    local dir pid config=$TARGET_DIR/../../integration_config.yml
-    for dir in "${OIDC_TOKENS_PROVIDER_DIR:-}" "$COLLECTION/tests/provider"; do
-        [ -n "$dir" ] && [ -d "$dir/node_modules/oidc-provider" ] && { echo "$dir"; return 0; }
-    done
-    if [ -f "$config" ]; then
-        pid=$(sed -n 's/^oidc_tokens_test_provider_pid: *\([0-9][0-9]*\).*/\1/p' "$config")
-        if [ -n "$pid" ] && dir=$(readlink "/proc/$pid/cwd") && [ -d "$dir/node_modules/oidc-provider" ]; then
-            echo "$dir"
-            return 0
-        fi
-    fi
-    return 1
-}
-PACKAGES=$(find_provider_packages) ||
-    die "no installed test provider (node_modules) found: run through scripts/test integration, or set OIDC_TOKENS_PROVIDER_DIR to a tests/provider directory after npm ci"
-mkdir -p "$WORK/provider-tree/tests/support" "$WORK/provider-tree/tests/provider"
-cp "$COLLECTION/tests/support/provider.py" "$WORK/provider-tree/tests/support/"
-cp "$COLLECTION"/tests/provider/*.mjs "$COLLECTION"/tests/provider/*.json "$WORK/provider-tree/tests/provider/"
-ln -s "$PACKAGES/node_modules" "$WORK/provider-tree/tests/provider/node_modules"
-[ ! -d "$PACKAGES/.node" ] || ln -s "$PACKAGES/.node" "$WORK/provider-tree/tests/provider/.node"
+# Another instance of the provider the other targets run against (integration_config.yml names it and
+# the command of its helper, tests/support/provider.py or keycloak.py, in the checkout scripts/test runs).
+CONFIG=$TARGET_DIR/../../integration_config.yml
+[ -f "$CONFIG" ] || die "no $CONFIG: run this target through scripts/test integration (it starts the test provider)"
+config() { "$PY" -c 'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))[sys.argv[2]]))' "$CONFIG" "$1"; }
+KIND=$(config oidc_tokens_test_kind | tr -d '"')
+mapfile -t PROVIDER_CLI < <(config oidc_tokens_test_provider_cli | "$PY" -c 'import json, sys; print("\n".join(json.load(sys.stdin)))')
+provider() { "${PROVIDER_CLI[@]}" "$@" 9>&- 8>&-; }
 
-say "starting a provider with $AT_TTL s access tokens (opaque, so that a resource server can introspect them)"
-"$PY" "$WORK/provider-tree/tests/support/provider.py" start --state-dir "$PROVIDER_STATE" --tls --at-ttl "$AT_TTL" \
-    >"$WORK/provider.json"
+say "starting $KIND with $AT_TTL s access tokens"
+provider start --state-dir "$PROVIDER_STATE" --tls --at-ttl "$AT_TTL" >"$WORK/provider.json"
 chmod 0755 "$PROVIDER_STATE"
 fact() { "$PY" -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, d))' "$WORK/provider.json" "$1"; }
 ISSUER=$(fact issuer)
@@ -125,7 +108,7 @@ JOB_TOKENS_TEST_CLIENT_SECRET=$(fact "clients['oidc-tokens-exchanger']['client_s
 JOB_TOKENS_TEST_RS_SECRET=$(fact "clients['plain-client']['client_secret']")
 INTROSPECTION_URL=$("$PY" -c 'import json, sys, requests
 op = json.load(open(sys.argv[1]))
-print(requests.get(op["url"] + "/.well-known/openid-configuration", verify=op["ca_path"], timeout=10).json()["introspection_endpoint"])' "$WORK/provider.json")
+print(requests.get(op["issuer"] + "/.well-known/openid-configuration", verify=op["ca_path"], timeout=10).json()["introspection_endpoint"])' "$WORK/provider.json")
 
 cat >"$WORK/inventory.yml" <<EOF
 all:
@@ -148,7 +131,7 @@ all:
         job_tokens_client_id: oidc-tokens-exchanger
         job_tokens_client_secret: "{{ lookup('ansible.builtin.env', 'JOB_TOKENS_TEST_CLIENT_SECRET') }}"
         job_tokens_subject_token: >-
-          {{ lookup('ansible.builtin.pipe', ansible_playbook_python ~ ' $WORK/provider-tree/tests/support/provider.py user-token --state-dir $PROVIDER_STATE') }}
+          {{ lookup('ansible.builtin.pipe', '${PROVIDER_CLI[*]} user-token --state-dir $PROVIDER_STATE') }}
         job_tokens_scope: [openid, compute.read]
         job_tokens_lifetime: 3600
         job_tokens_min_valid_period: 1
@@ -173,18 +156,19 @@ ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_run.yml" "$@"
 touch "$WORK/watch.stop"
 wait "$WATCHER"
 WATCHER=
-helper "$TARGET_DIR/check_job.py" "$WORK/provider.json" "$WORK/tokens.json" "$WORK/results" "$DURATION" "$ACCOUNT" \
+provider counts --state-dir "$PROVIDER_STATE" >"$WORK/counts.json"
+helper "$TARGET_DIR/check_job.py" "$WORK/provider.json" "$WORK/counts.json" "$WORK/tokens.json" "$WORK/results" "$DURATION" "$ACCOUNT" \
     "${USERS[@]}"
 
 # --- 2. start twice, then a failing job: it still revokes ----------------------------------------------
 say "2. job_start.yml on worker1, then a failing job_run.yml there: the second start keeps the account, the teardown in always revokes"
-stat_of() { helper -c 'import json, sys, requests
-op = json.load(open(sys.argv[1]))
-stats = requests.get(op["url"] + "/_test/stats", verify=op["ca_path"], timeout=10).json()
-print(stats["revocation"]["succeeded"] if sys.argv[2] == "revocations"
-      else stats["token"].get("urn:ietf:params:oauth:grant-type:token-exchange", {}).get("succeeded", 0))' "$WORK/provider.json" "$1"; }
-revoked_before=$(stat_of revocations)
-exchanged_before=$(stat_of exchanges)
+stat_of() {  # exchange or revocation: how many succeeded since the provider started
+    provider counts --state-dir "$PROVIDER_STATE" | "$PY" -c 'import json, sys
+counts = json.load(sys.stdin)
+print(counts["requests"][sys.argv[1]] - counts["failed"][sys.argv[1]])' "$1"
+}
+revoked_before=$(stat_of revocation)
+exchanged_before=$(stat_of exchange)
 ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1 >"$WORK/start.log" 2>&1 ||
     { cat "$WORK/start.log"; die "job_start.yml failed"; }
 # shellcheck disable=SC2016 # $BEARER_TOKEN_FILE is the job's, expanded on the worker
@@ -198,8 +182,8 @@ grep -A1 'TASK \[oidc.tokens.job_tokens : Exchange the subject token' "$WORK/fai
     { cat "$WORK/failing.log"; die "the second start did not keep the account"; }
 grep -A1 'TASK \[oidc.tokens.job_tokens : Install the refresher bundle\]' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
     { cat "$WORK/failing.log"; die "the second start installed the refresher bundle again (not byte-identical)"; }
-[ "$(stat_of exchanges)" -eq $((exchanged_before + 1)) ] || die "two starts exchanged twice"
-[ "$(stat_of revocations)" -eq $((revoked_before + 1)) ] ||
+[ "$(stat_of exchange)" -eq $((exchanged_before + 1)) ] || die "two starts exchanged twice"
+[ "$(stat_of revocation)" -eq $((revoked_before + 1)) ] ||
     { cat "$WORK/failing.log"; die "the failing job's refresh token was not revoked"; }
 uid=$(id -u oidcjob1)
 for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/run/oidc-tokens/$uid/bt_u$uid" "/run/oidc-tokens/$uid/$ACCOUNT.password" \
@@ -217,28 +201,34 @@ grep -Eq 'worker[123] +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$WORK/t
 ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" -e job_tokens_account=never-started >/dev/null
 echo "ok: teardown is idempotent"
 
-# --- 4. bad input --------------------------------------------------------------------------------------
-say "4. bad input is refused with messages that name the variable"
-if ! ansible-playbook -i "$WORK/inventory.yml" "$TARGET_DIR/argspec.yml" >"$WORK/argspec.log" 2>&1; then
-    cat "$WORK/argspec.log"
-    die "a bad input was not refused as expected"
-fi
-# The refusals, one line each (the full output, with ansible-core's argument spec dumps, is long).
-sed -n 's/^ *"msg": "\(.*\)"$/ok: refused \1/p' "$WORK/argspec.log" | grep -v '^ok: refused All assertions passed'
-
-# --- 5. the systemd units ------------------------------------------------------------------------------
-say "5. the systemd units pass systemd-analyze verify"
-if command -v systemd-analyze >/dev/null 2>&1; then
-    ansible-playbook -i "$WORK/inventory.yml" "$TARGET_DIR/render_units.yml" -e "job_tokens_test_work=$WORK" \
-        -e "job_tokens_test_collection=$COLLECTION"
-    unit=oidc-tokens-refresher-oidcjob1-$ACCOUNT
-    if ! systemd-analyze verify --man=no "$WORK/units/$unit.service" "$WORK/units/$unit.timer" >"$WORK/verify.log" 2>&1 ||
-            grep -F "$WORK/units" "$WORK/verify.log"; then
-        cat "$WORK/verify.log"
-        die "systemd-analyze verify found fault with the units"
+# Steps 4 and 5 check the role's input and units, which no provider takes part in: they run in the
+# node-oidc-provider pass of scripts/test integration only.
+if [ "$KIND" = node-oidc-provider ]; then
+    # --- 4. bad input --------------------------------------------------------------------------------------
+    say "4. bad input is refused with messages that name the variable"
+    if ! ansible-playbook -i "$WORK/inventory.yml" "$TARGET_DIR/argspec.yml" >"$WORK/argspec.log" 2>&1; then
+        cat "$WORK/argspec.log"
+        die "a bad input was not refused as expected"
     fi
-    echo "ok: $unit.service and $unit.timer verify"
+    # The refusals, one line each (the full output, with ansible-core's argument spec dumps, is long).
+    sed -n 's/^ *"msg": "\(.*\)"$/ok: refused \1/p' "$WORK/argspec.log" | grep -v '^ok: refused All assertions passed'
+
+    # --- 5. the systemd units ------------------------------------------------------------------------------
+    say "5. the systemd units pass systemd-analyze verify"
+    if command -v systemd-analyze >/dev/null 2>&1; then
+        ansible-playbook -i "$WORK/inventory.yml" "$TARGET_DIR/render_units.yml" -e "job_tokens_test_work=$WORK" \
+            -e "job_tokens_test_collection=$COLLECTION"
+        unit=oidc-tokens-refresher-oidcjob1-$ACCOUNT
+        if ! systemd-analyze verify --man=no "$WORK/units/$unit.service" "$WORK/units/$unit.timer" >"$WORK/verify.log" 2>&1 ||
+                grep -F "$WORK/units" "$WORK/verify.log"; then
+            cat "$WORK/verify.log"
+            die "systemd-analyze verify found fault with the units"
+        fi
+        echo "ok: $unit.service and $unit.timer verify"
+    else
+        echo "skipped: no systemd-analyze (Debian package systemd)"
+    fi
 else
-    echo "skipped: no systemd-analyze (Debian package systemd)"
+    say "4. and 5. (argument checks, systemd units) do not involve the provider: run in the node-oidc-provider pass"
 fi
 say "all passed"

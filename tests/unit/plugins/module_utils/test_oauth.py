@@ -385,6 +385,29 @@ def test_invalid_client_with_both_methods_is_the_providers_error(monkeypatch):
     assert len(seen) == 2
 
 
+KEYCLOAK_WRONG_CLIENT = FakeResponse(json.dumps({'error': 'unauthorized_client', 'error_description':
+                                                 'Invalid client or Invalid client credentials'}).encode(), 401)
+
+
+def test_keycloaks_401_unauthorized_client_is_a_client_authentication_failure(monkeypatch):
+    ok = FakeResponse(json.dumps({'access_token': 'a', 'refresh_token': 'r'}).encode())
+    client, seen = scripted_provider(monkeypatch, [KEYCLOAK_WRONG_CLIENT, ok])
+    assert client.refresh(REFRESH_TOKEN).refresh_token == 'r'
+    assert len(seen) == 2 and client.auth_method == 'client_secret_post'
+    client, seen = scripted_provider(monkeypatch, [KEYCLOAK_WRONG_CLIENT, KEYCLOAK_WRONG_CLIENT])
+    with pytest.raises(ProviderError, match='unauthorized_client .*the client was not authenticated; check client_id'):
+        client.refresh(REFRESH_TOKEN)
+
+
+def test_unauthorized_client_for_a_grant_is_not_retried(monkeypatch):
+    """A 400 unauthorized_client is RFC 6749's "not allowed this grant": the client did authenticate."""
+    refused = FakeResponse(json.dumps({'error': 'unauthorized_client'}).encode(), 400)
+    client, seen = scripted_provider(monkeypatch, [refused])
+    with pytest.raises(ProviderError) as info:
+        client.refresh(REFRESH_TOKEN)
+    assert len(seen) == 1 and 'not authenticated' not in str(info.value)
+
+
 def test_a_chosen_auth_method_is_never_second_guessed(monkeypatch):
     client, seen = scripted_provider(monkeypatch, [INVALID_CLIENT], auth_method='client_secret_basic')
     with pytest.raises(ProviderError, match='invalid_client'):

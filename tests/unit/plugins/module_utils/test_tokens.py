@@ -106,6 +106,7 @@ def test_indigo_iam_answer_shape_is_accepted():
     ('requested_token_type unsupported', 'Allow refresh token in Standard Token Exchange'),
     ('Refresh token not valid as requested_token_type because creating a new session is needed',
      'interactive login'),
+    ('Standard token exchange is not enabled for the requested client', 'standard.token.exchange.enabled=true'),
 ])
 def test_keycloak_refusals_say_what_the_admin_must_configure(description, hint):
     error = {'Client is not within the token audience': 'access_denied', 'Audience not found': 'invalid_client'}.get(
@@ -206,6 +207,24 @@ def test_a_down_scoped_refresh_keeps_offline_access():
     _tokens.access_token(MemoryStore(account()), 'job1', 'pw', lambda acc: client, scope=['compute.read'],
                          now=time.time())
     assert client.calls[0][1]['scope'] == ['compute.read', 'offline_access']
+
+
+def test_a_scope_the_provider_did_not_grant_is_an_error_after_the_rotated_token_is_written():
+    """Keycloak answers a refresh that asks for more than the grant holds with a token without it, not an error."""
+    client = FakeClient(rt_answer(refresh_token='rt-2', scope='openid email profile'))
+    store = MemoryStore(account())
+    with pytest.raises(_tokens.ScopeNotGrantedError, match="did not grant compute.modify for account 'job1'"):
+        _tokens.access_token(store, 'job1', 'pw', lambda acc: client, scope=['openid', 'compute.modify'],
+                             now=time.time())
+    assert store.account['refresh_token'] == 'rt-2'
+
+
+def test_an_answer_without_scope_or_without_offline_access_is_not_refused():
+    for answer in (rt_answer(scope=None), rt_answer(scope='compute.read')):
+        client = FakeClient(answer)
+        result = _tokens.access_token(MemoryStore(account()), 'job1', 'pw', lambda acc: client,
+                                      scope=['compute.read'], now=time.time())
+        assert result['access_token'] == 'at-1'
 
 
 @pytest.mark.parametrize('error', ['invalid_grant', 'invalid_request'])
