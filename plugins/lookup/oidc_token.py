@@ -371,12 +371,12 @@ class LookupModule(LookupBase):
 
     def _fetch(self, name, force, claims):
         """Ask the account store (and the provider if need be), as the module oidc_token does."""
-        from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _options, _tokens
+        from ansible_collections.oidc.tokens.plugins.module_utils import _account_file, _oauth, _options, _tokens
 
         if _oauth.requests_import_error() is not None:
             raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library requests on the controller '
                                '(pip install requests).')
-        if _account_store.nacl_import_error() is not None:
+        if _account_file.nacl_import_error() is not None:
             raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library PyNaCl on the controller to '
                                'read the encrypted account (pip install PyNaCl).')
         get = self.get_option

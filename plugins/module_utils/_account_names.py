@@ -14,26 +14,13 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import InvalidAccountNameError
 
 # Names oidc-agent keeps in its directory that are not accounts.
 _RESERVED_NAMES = frozenset(('config', 'issuer.config', 'pubclients.config'))
 _RESERVED_SUFFIXES = ('.config', '.stats', '.log')
 _NAME_RE = re.compile(r'^[A-Za-z0-9_@+=,:~-][A-Za-z0-9._@+=,:~-]*$')
 MAX_NAME_LENGTH = 128
-
-
-class AccountStoreError(OidcTokensError):
-    """Base of the store's errors; ``account`` and ``path`` say what it was about."""
-
-    def __init__(self, message, account=None, path=None):
-        super(AccountStoreError, self).__init__(message)
-        self.account = account
-        self.path = path
-
-
-class InvalidAccountNameError(AccountStoreError):
-    """A name that is not a safe oidc-agent account short name."""
 
 
 def is_reserved_name(name):

@@ -109,7 +109,7 @@ def account_store(get):
 
 def encryption_password(get):
     """The account password from whichever single source the user configured."""
-    from ansible_collections.oidc.tokens.plugins.module_utils._account_store import resolve_password
+    from ansible_collections.oidc.tokens.plugins.module_utils._passwords import resolve_password
 
     return resolve_password(
         password=get('encryption_password'),
@@ -122,12 +122,12 @@ def encryption_password(get):
 def require_libraries(module, nacl=True):
     """fail_json with Ansible's standard message when a needed library is missing on the host."""
     from ansible.module_utils.basic import missing_required_lib
-    from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth
+    from ansible_collections.oidc.tokens.plugins.module_utils import _account_file, _oauth
 
     if _oauth.requests_import_error() is not None:
         module.fail_json(msg=missing_required_lib('requests'), exception=_oauth.REQUESTS_IMPORT_ERROR)
-    if nacl and _account_store.nacl_import_error() is not None:
-        module.fail_json(msg=missing_required_lib('PyNaCl'), exception=_account_store.NACL_IMPORT_ERROR)
+    if nacl and _account_file.nacl_import_error() is not None:
+        module.fail_json(msg=missing_required_lib('PyNaCl'), exception=_account_file.NACL_IMPORT_ERROR)
 
 
 def run_module(module, action):

@@ -23,7 +23,8 @@ import time
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
     ProviderError, TOKEN_TYPE_REFRESH, jwt_claims, normalize_issuer, resolve_token_type)
-from ansible_collections.oidc.tokens.plugins.module_utils._account_store import Account, AccountStore
+from ansible_collections.oidc.tokens.plugins.module_utils._account_file import Account
+from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
 
 

@@ -225,7 +225,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     PASSWORD_SOURCES, PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client,
     require_libraries, run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
-from ansible_collections.oidc.tokens.plugins.module_utils._account_store import validate_name
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import account_facts
 
 

@@ -27,7 +27,9 @@ lookup itself rewrites the account when a refresh rotates the refresh token; it 
 entries of the same account that were valid before to the new stamp, under the lock.
 
 Reading an entry takes no lock (entries are replaced atomically) and imports nothing heavy: this
-file uses the standard library only, and the collection's exception base.
+file uses the standard library only, and the collection's errors, account-name rule and private-file
+primitives (_private_files.py: atomic replace, the 0700 directory, the lock file), themselves
+standard library only.
 
 Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 """
@@ -37,20 +39,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 import time
 
-from ansible_collections.oidc.tokens.plugins.module_utils._account_names import InvalidAccountNameError, validate_name
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
+    InvalidAccountNameError, OidcTokensError, PrivatePathError)
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import ENTRY_SUFFIX, digest as _digest
+from ansible_collections.oidc.tokens.plugins.module_utils._private_files import (
+    FILE_MODE, TMP_INFIX, create_temp_file, ensure_private_dir, lock_file, replace_with_temp_file)
 
 CACHE_VERSION = 1
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 LOCK_TIMEOUT = 300.0
 MAX_ENTRY_BYTES = 256 * 1024
-_TMP_INFIX = '.tmp-'
+
+# The cache's words for a PrivatePathError of its directory.
+_DIR_ERRORS = {
+    'create': 'Cannot create the token cache directory %(path)s: %(strerror)s',
+    'link': 'The token cache directory %(path)s is a symbolic link; give the real directory as cache_dir.',
+    'type': 'The token cache directory %(path)s is not a directory.',
+    'owner': ('The token cache directory %(path)s belongs to uid %(uid)d, not to the controller user (uid %(euid)d); '
+              'use another cache_dir.'),
+    'chmod': 'Cannot set mode 0700 on the token cache directory %(path)s: %(strerror)s',
+}
 
 CLAIMS_MODES = (None, 'decode', 'verify')
 
@@ -147,16 +158,6 @@ def make_entry(name, config_dir, result, stamp, claims_mode, now=None):
     }
 
 
-def _names_file(path, fd):
-    """Whether ``path`` still names the file open as ``fd`` (and not one made after an unlink)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    held = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
-
-
 class TokenCache(object):
     """Entries and locks in one directory of the controller user."""
 
@@ -173,32 +174,12 @@ class TokenCache(object):
     # -- the directory -------------------------------------------------------------------------
 
     def ensure_dir(self):
-        """Create the directory 0700 (and missing parents 0700), or check and tighten it."""
-        path = self.directory
+        """Create the directory 0700 (and a missing parent 0700), or check and tighten it."""
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            try:
-                os.makedirs(path, DIR_MODE)
-            except FileExistsError:
-                pass
-            except OSError as e:
-                raise TokenCacheError('Cannot create the token cache directory %s: %s' % (path, e.strerror or e))
-            st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise TokenCacheError('The token cache directory %s is a symbolic link; give the real directory '
-                                  'as cache_dir.' % path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise TokenCacheError('The token cache directory %s is not a directory.' % path)
-        if st.st_uid != os.geteuid():
-            raise TokenCacheError('The token cache directory %s belongs to uid %d, not to the controller user '
-                                  '(uid %d); use another cache_dir.' % (path, st.st_uid, os.geteuid()))
-        if stat.S_IMODE(st.st_mode) != DIR_MODE:
-            try:
-                os.chmod(path, DIR_MODE)
-            except OSError as e:
-                raise TokenCacheError('Cannot set mode 0700 on the token cache directory %s: %s'
-                                      % (path, e.strerror or e))
+            ensure_private_dir(self.directory, follow_links=False)
+        except PrivatePathError as e:
+            words = {'path': self.directory, 'strerror': e.strerror, 'uid': e.uid, 'euid': os.geteuid()}
+            raise TokenCacheError(_DIR_ERRORS[e.reason] % words)
 
     # -- entries ---------------------------------------------------------------------------------
 
@@ -236,26 +217,12 @@ class TokenCache(object):
         """
         path = self.entry_path(account, key)
         data = json.dumps(entry, sort_keys=True, separators=(',', ':')).encode('utf-8')
-        tmp = os.path.join(self.directory, '.%s-%s%s%s' % (account, key, _TMP_INFIX, secrets.token_hex(8)))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
         try:
-            fd = os.open(tmp, flags, FILE_MODE)
+            fd, tmp = create_temp_file(path)
         except OSError as e:
             raise TokenCacheError('Cannot create a file in the token cache directory %s: %s'
                                   % (self.directory, e.strerror or e))
-        try:
-            try:
-                os.fchmod(fd, FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        replace_with_temp_file(fd, tmp, path, data, sync=False)
         return path
 
     def remove(self, account, key):
@@ -308,7 +275,7 @@ class TokenCache(object):
         except OSError:
             return removed
         for name in names:
-            if name.startswith(tmp_prefix) and _TMP_INFIX in name:
+            if name.startswith(tmp_prefix) and TMP_INFIX in name:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.directory, name))
                     removed += 1
@@ -322,24 +289,18 @@ class TokenCache(object):
 
         A holder that leaves no entry of the account (its fetch failed) removes the lock file, so a
         failed lookup leaves nothing behind. A waiter that then gets the lock of the removed file sees
-        that the path names another file (or none) and locks that one instead.
+        that the path names another file (or none) and locks that one instead (_private_files.lock_file).
         """
         self.ensure_dir()
         path = self.lock_path(account)
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
-        while True:
-            try:
-                fd = os.open(path, flags, FILE_MODE)
-            except OSError as e:
-                raise TokenCacheError('Cannot open the token cache lock %s: %s' % (path, e.strerror or e))
-            try:
-                self._flock(fd, path, name)
-            except BaseException:
-                os.close(fd)
-                raise
-            if _names_file(path, fd):
-                break
-            os.close(fd)
+        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
+        try:
+            fd = lock_file(path, deadline)
+        except PrivatePathError as e:
+            raise TokenCacheError('Cannot open the token cache lock %s: %s' % (path, e.strerror))
+        if fd is None:
+            raise TokenCacheError('Another worker held the token cache lock of account %r (%s) for more than '
+                                  '%d s.' % (name, path, self.lock_timeout))
         try:
             yield path
         finally:
@@ -349,12 +310,3 @@ class TokenCache(object):
                         os.unlink(path)
             finally:
                 os.close(fd)   # closing releases the flock
-
-    def _flock(self, fd, path, name):
-        # Only a miss locks, and a miss loads the account store anyway.
-        from ansible_collections.oidc.tokens.plugins.module_utils._account_store import wait_for_flock
-
-        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
-        if not wait_for_flock(fd, deadline):
-            raise TokenCacheError('Another worker held the token cache lock of account %r (%s) for more than '
-                                  '%d s.' % (name, path, self.lock_timeout))

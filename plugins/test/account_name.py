@@ -37,7 +37,8 @@ _value:
   type: bool
 '''
 
-from ansible_collections.oidc.tokens.plugins.module_utils._account_names import InvalidAccountNameError, validate_name
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import InvalidAccountNameError
 
 
 def account_name(value):

@@ -21,8 +21,9 @@ import pytest
 
 import ansible_collections.oidc.tokens as collection
 from ansible_collections.oidc.tokens.plugins.module_utils import _tokens
-from ansible_collections.oidc.tokens.plugins.module_utils._account_store import (
-    AccountStore, StorePermissionError, write_secret_file)
+from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import StorePermissionError
+from ansible_collections.oidc.tokens.plugins.module_utils._private_files import write_secret_file
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import OAuthClient
 from fault_proxy import FaultProxy
 

@@ -25,8 +25,9 @@ from ansible.errors import AnsibleError
 from ansible.plugins.loader import lookup_loader
 
 from ansible_collections.oidc.tokens.plugins.lookup import oidc_token as lookup_mod
-from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _tokens
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils import _account_file, _oauth, _tokens
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
+    AccountNotFoundError, InvalidAccountNameError, OidcTokensError)
 from ansible_collections.oidc.tokens.plugins.module_utils import _lookup_cache_files as cache_files
 from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
 
@@ -83,7 +84,7 @@ class FakeTokens(object):
     def __call__(self, store, name, password, client_for, min_valid_period=0, scope=None, audience=None,
                  resource=None, force=False, claims=None, now=None):
         if not store.exists(name):
-            raise _account_store.AccountNotFoundError('No account %r: %s does not exist.' % (name, store.path(name)))
+            raise AccountNotFoundError('No account %r: %s does not exist.' % (name, store.path(name)))
         if self.delay:
             time.sleep(self.delay)
         call = {'name': name, 'password': password, 'min_valid_period': min_valid_period, 'scope': scope,
@@ -513,7 +514,7 @@ def test_invalid_account_name_goes_to_the_store(env, monkeypatch):
 
     def invalid(store, name, *args, **kwargs):
         names.append(name)
-        raise _account_store.InvalidAccountNameError("Invalid account name %r: it contains a path separator." % name)
+        raise InvalidAccountNameError("Invalid account name %r: it contains a path separator." % name)
 
     monkeypatch.setattr(_tokens, 'access_token', invalid)
     with pytest.raises(AnsibleError, match='Invalid account name'):
@@ -575,7 +576,7 @@ def test_missing_requests(env, monkeypatch):
 
 
 def test_missing_pynacl(env, monkeypatch):
-    monkeypatch.setattr(_account_store, 'HAS_NACL', False)
+    monkeypatch.setattr(_account_file, 'HAS_NACL', False)
     with pytest.raises(AnsibleError, match='Python library PyNaCl'):
         env.run()
 
@@ -650,7 +651,7 @@ def test_lock_timeout(env):
 
 HEAVY = ('requests', 'urllib3', 'nacl', 'cryptography', 'jmespath')
 OWN_HEAVY = tuple('ansible_collections.oidc.tokens.plugins.module_utils.%s' % m
-                  for m in ('_oauth', '_account_store', '_tokens', '_options'))
+                  for m in ('_oauth', '_account_store', '_account_file', '_passwords', '_tokens', '_options'))
 
 CHILD = textwrap.dedent(r'''
     import json, sys

@@ -23,25 +23,26 @@ nacl = pytest.importorskip('nacl')
 import nacl.pwhash.argon2id  # noqa: E402
 import nacl.secret  # noqa: E402
 
-from ansible_collections.oidc.tokens.plugins.module_utils import _account_store as store_mod  # noqa: E402
-from ansible_collections.oidc.tokens.plugins.module_utils._account_store import (  # noqa: E402
-    Account,
+from ansible_collections.oidc.tokens.plugins.module_utils import (  # noqa: E402
+    _account_file as file_mod, _account_store as store_mod, _passwords, _private_files)
+from ansible_collections.oidc.tokens.plugins.module_utils._account_file import Account  # noqa: E402
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import (  # noqa: E402
+    default_config_dir, validate_name)
+from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore  # noqa: E402
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import (  # noqa: E402
     AccountExistsError,
     AccountNotFoundError,
-    AccountStore,
     CorruptAccountError,
     InvalidAccountNameError,
     LockTimeoutError,
     MissingDependencyError,
+    OidcTokensError,
     PasswordSourceError,
     StorePermissionError,
     UnsupportedFormatError,
     WrongPasswordError,
-    default_config_dir,
-    resolve_password,
-    validate_name,
 )
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError  # noqa: E402
+from ansible_collections.oidc.tokens.plugins.module_utils._passwords import resolve_password  # noqa: E402
 
 PASSWORD = 'correct horse battery staple'
 
@@ -124,7 +125,7 @@ def test_round_trip(store):
     assert account['refresh_token'] == 'refresh-token-value-1'
     assert account['scope'] == account['auth_scope'] == 'openid offline_access'
     assert account['oidc_tokens'] == {'created_at': 1700000000, 'source': 'token_exchange'}
-    for key in store_mod.ACCOUNT_FIELDS:
+    for key in file_mod.ACCOUNT_FIELDS:
         assert key in account
     assert account['redirect_uris'] == []
     assert account['issuer_url'] == 'https://issuer.example/'
@@ -138,7 +139,7 @@ def test_exact_line_layout(saved_file):
     lines = text.split('\n')
     assert len(lines) == 7
     assert lines[3] == '24:16:16:32:1:2:67108864:2'
-    assert lines[6] == 'Generated using version: ' + store_mod.FORMAT_VERSION
+    assert lines[6] == 'Generated using version: ' + file_mod.FORMAT_VERSION
     nonce = base64.b64decode(lines[1], validate=True)
     salt = base64.b64decode(lines[2], validate=True)
     ciphertext = base64.b64decode(lines[4], validate=True)
@@ -152,7 +153,7 @@ def test_exact_line_layout(saved_file):
     assert int(lines[0]) == len(ciphertext) == len(plaintext) + 16
     data = json.loads(plaintext)
     assert data['scope'] == data['auth_scope']
-    assert set(store_mod.ACCOUNT_FIELDS) <= set(data)
+    assert set(file_mod.ACCOUNT_FIELDS) <= set(data)
 
 
 def test_reads_file_written_by_oidc_agent_426(store):
@@ -165,14 +166,14 @@ def test_reads_file_written_by_oidc_agent_426(store):
 
 def test_reads_oidc_agent_5_json_and_keeps_unknown_keys(store):
     salt = os.urandom(16)
-    key = store_mod._Key(salt, *derive(PASSWORD, salt))
+    key = file_mod._Key(salt, *derive(PASSWORD, salt))
     v5 = {'name': 'v5', 'client_name': 'x', 'issuer': 'https://five.example/',
           'mytoken_url': '', 'config_endpoint': '', 'client_id': 'c5', 'client_secret': 's5',
           'refresh_token': 'rt5', 'cert_path': '', 'auth_scope': 'openid profile',
           'refresh_scope': 'openid', 'audience': '', 'oauth': 0, 'uses_pub_client': 0,
           'mytoken_profile': {}, 'redirect_uris': ['http://localhost:4242'],
           'username': '', 'password': '', 'future_key': [1, 2, 3]}
-    content = store_mod.encrypt_account_bytes(json.dumps(v5).encode(), key)
+    content = file_mod.encrypt_account_bytes(json.dumps(v5).encode(), key)
     content = content.replace(b'version: 4.2.6', b'version: 5.2.3')
     put(store, 'v5', content)
     account = store.load('v5', PASSWORD)
@@ -298,9 +299,9 @@ def test_corrupt_truncated_and_foreign_files(store, saved_file, case):
 
 def test_plaintext_not_an_object(store):
     salt = os.urandom(16)
-    key = store_mod._Key(salt, *derive(PASSWORD, salt))
+    key = file_mod._Key(salt, *derive(PASSWORD, salt))
     for i, plaintext in enumerate((b'[1, 2]', b'not json at all')):
-        put(store, 'odd%d' % i, store_mod.encrypt_account_bytes(plaintext, key))
+        put(store, 'odd%d' % i, file_mod.encrypt_account_bytes(plaintext, key))
         with pytest.raises(CorruptAccountError, match='JSON'):
             store.load('odd%d' % i, PASSWORD)
 
@@ -451,8 +452,8 @@ def test_failed_rename_keeps_old_file_and_no_temp(store, monkeypatch):
     def boom(src, dst):
         raise OSError(28, 'No space left on device')
 
-    monkeypatch.setattr(store_mod.os, 'replace', boom)
-    with pytest.raises(store_mod.StorePermissionError) as info:
+    monkeypatch.setattr(os, 'replace', boom)
+    with pytest.raises(StorePermissionError) as info:
         store.update('a', PASSWORD, lambda acc: (acc, 'x'))
     assert "Account 'a' was not written" in str(info.value) and 'No space left on device' in str(info.value)
     monkeypatch.undo()
@@ -468,7 +469,7 @@ def test_fsync_of_file_and_directory(store, monkeypatch):
         calls.append(stat.S_ISDIR(os.fstat(fd).st_mode))
         return real(fd)
 
-    monkeypatch.setattr(store_mod.os, 'fsync', spy)
+    monkeypatch.setattr(os, 'fsync', spy)
     store.save('a', sample_account(), PASSWORD)
     assert calls == [False, True]
 
@@ -618,9 +619,9 @@ def test_update_derives_again_when_the_file_got_a_new_salt_meanwhile(store):
         # What oidc-agent or a save() does: the whole file anew, under a fresh salt and other content.
         account = sample_account()
         account['client_id'] = 'client-2'
-        salt = os.urandom(store_mod.SALT_BYTES)
-        store._write_atomic('a', store_mod.encrypt_account_bytes(
-            store_mod._plaintext_from_account(account, 'a'), store_mod.derive_key(PASSWORD.encode(), salt)))
+        salt = os.urandom(file_mod.SALT_BYTES)
+        store._write_atomic('a', file_mod.encrypt_account_bytes(
+            file_mod.plaintext_from_account(account, 'a'), file_mod.derive_key(PASSWORD.encode(), salt)))
     thread.join(30)
     assert outcome == {'result': 'client-2'} and other.kdf_count == 2
     reloaded = store.load('a', PASSWORD)
@@ -861,15 +862,16 @@ def test_default_config_dir_order(tmp_path, monkeypatch):
 
 
 def test_missing_pynacl_is_a_clear_error(store, monkeypatch):
-    monkeypatch.setattr(store_mod, 'HAS_NACL', False)
-    monkeypatch.setattr(store_mod, 'NACL_IMPORT_ERROR', 'ImportError: No module named nacl')
+    monkeypatch.setattr(file_mod, 'HAS_NACL', False)
+    monkeypatch.setattr(file_mod, 'NACL_IMPORT_ERROR', 'ImportError: No module named nacl')
     with pytest.raises(MissingDependencyError, match='PyNaCl'):
         store.save('a', sample_account(), PASSWORD)
     assert not os.path.exists(store.config_dir) or store.list() == []
 
 
-def test_module_has_no_http():
-    with open(store_mod.__file__) as f:
+@pytest.mark.parametrize('module', [store_mod, file_mod, _passwords, _private_files], ids=lambda m: m.__name__)
+def test_module_has_no_http(module):
+    with open(module.__file__) as f:
         source = f.read()
     assert '_oauth' not in source and 'requests' not in source and 'urllib' not in source
     assert sys.version_info >= (3, 6)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.oidc.tokens.plugins.module_utils import _options
-from ansible_collections.oidc.tokens.plugins.module_utils._account_store import PasswordSourceError
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import AccountIdentityError
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import AccountIdentityError, PasswordSourceError
 
 ACCOUNT = {
     'issuer_url': 'https://account-issuer.example/',
