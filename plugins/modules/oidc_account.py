@@ -25,13 +25,17 @@ author:
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store
-  - ansible.builtin.action_common_attributes
+  - oidc.tokens.attributes
+  - oidc.tokens.attributes.actiongroup_oidc
 attributes:
   check_mode:
     support: full
     details:
       - In check mode nothing is written, validated, revoked or deleted; an existing account is decrypted to
         compare it, so the password is needed as usual.
+      - As a new O(refresh_token) is not validated (see O(validate)), a token the provider would reject is
+        reported as a change, and an account created without O(scope) shows no scope where a normal run stores
+        the one introspection reports.
   diff_mode:
     support: full
     details:

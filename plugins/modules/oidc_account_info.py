@@ -25,11 +25,14 @@ author:
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store
-  - ansible.builtin.action_common_attributes
+  - oidc.tokens.attributes
+  - oidc.tokens.attributes.actiongroup_oidc
 attributes:
   check_mode:
     support: full
-    details: The module changes nothing; it runs the same in check mode.
+    details:
+      - The module changes nothing; it runs the same in check mode, introspection with O(check_active=true)
+        included (introspection changes nothing at the provider).
   diff_mode:
     support: N/A
     details: The module changes nothing.

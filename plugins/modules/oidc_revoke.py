@@ -21,14 +21,20 @@ author:
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store
-  - ansible.builtin.action_common_attributes
+  - oidc.tokens.attributes
+  - oidc.tokens.attributes.actiongroup_oidc
 attributes:
   check_mode:
     support: full
-    details: In check mode nothing is revoked or deleted; the task reports whether it would be.
+    details:
+      - In check mode nothing is revoked or deleted; the account is decrypted and the task reports whether its
+        refresh token would be revoked and the file removed (with O(force=true), an account that cannot be
+        decrypted is reported as removed without revocation, with the warning a normal run gives).
   diff_mode:
     support: full
-    details: The diff shows the account's non-secret fields before and nothing after.
+    details:
+      - The diff shows the account's non-secret fields before, and nothing after (with O(remove=false), the
+        account without its refresh token).
   platform:
     platforms: posix
 options:
@@ -84,6 +90,7 @@ removed:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
     run_module)
@@ -98,9 +105,18 @@ def run(module):
         return {'changed': False, 'revoked': False, 'removed': False, 'msg': 'Account %r does not exist.' % name}
     password = encryption_password(params.get)
     if module.check_mode:
-        before = account_facts(name, store.load(name, password), store.path(name))
+        try:
+            before = account_facts(name, store.load(name, password), store.path(name))
+        except OidcTokensError as exc:
+            if not params['force']:
+                raise
+            # What a forced run does with an account it cannot read (wrong password, corrupt file).
+            return {'changed': True, 'revoked': False, 'removed': True, 'diff': {'before': {}, 'after': {}},
+                    'warnings': ['Account %r could not be read (%s); it would be removed without revoking its refresh '
+                                 'token because force is set.' % (name, exc)]}
+        after = {} if params['remove'] else dict(before, has_refresh_token=False)
         return {'changed': params['remove'] or before['has_refresh_token'], 'revoked': before['has_refresh_token'],
-                'removed': params['remove'], 'diff': {'before': before, 'after': {} if params['remove'] else before}}
+                'removed': params['remove'], 'diff': {'before': before, 'after': after}}
     outcome = revoke_account(store, name, password, lambda account: oauth_client(params.get, account),
                              remove=params['remove'], force=params['force'])
     before = outcome['facts'] or {}

@@ -21,15 +21,20 @@ author:
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store
-  - ansible.builtin.action_common_attributes
+  - oidc.tokens.attributes
+  - oidc.tokens.attributes.actiongroup_oidc
 attributes:
   check_mode:
     support: partial
     details:
-      - In check mode a kept token that is still valid is returned; a refresh, which could rotate the refresh token,
-        does not happen, and the task reports that it would change the account.
+      - In check mode a kept token that is still valid for O(min_valid_period) is returned, as in a normal run.
+      - When a refresh would be needed (no kept token valid long enough, or O(force), O(scope), O(audience) or
+        O(resource) given), it does not happen, since it could rotate the refresh token; the task reports a change
+        and returns no RV(access_token).
+      - An account past its lifetime fails in check mode without its refresh token being revoked.
   diff_mode:
     support: none
+    details: No diff is returned; what a refresh changes in the account is a secret.
   platform:
     platforms: posix
 options:

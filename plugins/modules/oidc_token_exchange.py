@@ -24,14 +24,20 @@ author:
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.store
-  - ansible.builtin.action_common_attributes
+  - oidc.tokens.attributes
+  - oidc.tokens.attributes.actiongroup_oidc
 attributes:
   check_mode:
     support: full
-    details: In check mode nothing is exchanged or written; the task reports whether an exchange would happen.
+    details:
+      - In check mode nothing is exchanged, written or revoked; the task reports whether an exchange would happen.
+        An existing account is decrypted to tell whether it is still usable, so the password is needed as usual.
+      - Whether the provider would grant the exchange is not known in check mode.
   diff_mode:
     support: full
-    details: The diff shows the account's non-secret fields.
+    details:
+      - The diff shows the account's non-secret fields before and after. In check mode the after side is the
+        planned account, with the scope asked for rather than the one the provider would grant.
   platform:
     platforms: posix
 options:
