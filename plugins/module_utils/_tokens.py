@@ -126,15 +126,14 @@ def build_account(name, issuer, client_id, client_secret, refresh_token, scope, 
     if auth_method:
         # oidc-agent's own field: later calls (and oidc-agent 5) authenticate the way the client must.
         account['token_endpoint_auth_method'] = auth_method
-    account.meta.update({
+    meta = {
         'issuer': issuer,   # as the provider names it (callers pass the discovery document's issuer)
         'created_at': now,
         'source': source,
-        'lifetime': int(lifetime) if lifetime else None,
-        'lifetime_end': now + int(lifetime) if lifetime else None,
-        'audience': as_list(audience),
-        'resource': as_list(resource),
-    })
+    }
+    meta.update(lifetime_fields(int(lifetime) if lifetime else None, now))
+    meta.update({'audience': as_list(audience), 'resource': as_list(resource)})
+    account.meta.update(meta)
     return account
 
 
@@ -253,7 +252,27 @@ def account_is_usable(account, issuer=None, client_id=None, now=None):
     return None
 
 
+# The account's lifetime: ``lifetime`` (seconds) and ``lifetime_end`` (epoch seconds) in its oidc_tokens
+# object; past the end it hands out no token.
+
+def lifetime_fields(lifetime, now):
+    """The lifetime fields of an account given ``lifetime`` seconds from ``now``; 0 or None: no limit."""
+    return {'lifetime': lifetime or None, 'lifetime_end': now + lifetime if lifetime else None}
+
+
+def stored_lifetime(account):
+    """The lifetime (seconds) the account's end was set from: as recorded, else derived from its creation."""
+    meta = account.meta
+    if meta.get('lifetime') is not None:
+        return meta['lifetime']
+    end, created = meta.get('lifetime_end'), meta.get('created_at')
+    if end and created:
+        return int(end) - int(created)
+    return None
+
+
 def is_expired(account, now):
+    """Whether the account's lifetime ended at ``now``."""
     end = account.meta.get('lifetime_end')
     return bool(end and now >= end)
 

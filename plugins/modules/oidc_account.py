@@ -265,81 +265,19 @@ validated:
   sample: true
 '''
 
-import hashlib
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
-    PASSWORD_SOURCES, PROVIDER_ARGSPEC, STORE_ARGSPEC, account_client, account_store, argspec, encryption_password,
-    oauth_client, require_libraries, run_module)
+    PASSWORD_SOURCES, PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client,
+    require_libraries, run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
-from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
-from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    SAME_SESSION_NOTE, account_facts, as_list, build_account, revoke_account, same_session)
+from ansible_collections.oidc.tokens.plugins.module_utils._accounts import (
+    check_create_options, check_lifetime, created_account, facts_of, plan_update, replace_grant,
+    replaced_token_client, validate_refresh_token)
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import revoke_account
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
-
-# Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
-META_LIFETIME = 'lifetime'                       # the lifetime (seconds) lifetime_end was computed from
-META_RT_FINGERPRINT = 'refresh_token_given_sha256'   # SHA-256 of the token this module was last given
-META_RT_SET_AT = 'refresh_token_set_at'          # when this module last gave the account a refresh token
-
-
-class AccountRefreshTokenError(OidcTokensError):
-    """The refresh token given to the module cannot be used."""
-
-
-def fingerprint(token):
-    return hashlib.sha256(token.encode('utf-8')).hexdigest()
-
-
-def stored_lifetime(account):
-    """The lifetime (seconds) the account's end was set from: ours, or derived for exchanged accounts."""
-    meta = account.meta
-    if meta.get(META_LIFETIME) is not None:
-        return meta[META_LIFETIME]
-    end, created = meta.get('lifetime_end'), meta.get('created_at')
-    if end and created:
-        return int(end) - int(created)
-    return None
-
-
-def facts_of(name, account, path):
-    facts = account_facts(name, account, path)
-    facts['lifetime'] = stored_lifetime(account)
-    facts['refresh_token_set_at'] = account.meta.get(META_RT_SET_AT)
-    return facts
-
-
-def same_list(a, b):
-    return sorted(set(as_list(a))) == sorted(set(as_list(b)))
-
-
-def validate_refresh_token(client, token):
-    """Discovery, then introspection when announced. Returns (validated, introspection scope)."""
-    try:
-        announced = client.metadata.get('introspection_endpoint')
-    except DiscoveryError as exc:
-        raise AccountRefreshTokenError('The refresh token was not written: %s' % exc)
-    if not announced:
-        return False, None
-    try:
-        answer = client.introspect(token, 'refresh_token')
-    except OidcTokensError as exc:
-        raise AccountRefreshTokenError(
-            'The refresh token was not written: introspecting it as client %s failed: %s (set validate: false for '
-            'a provider that does not let the client introspect its tokens)' % (client.client_id, exc))
-    if not answer['active']:
-        raise AccountRefreshTokenError(
-            'The refresh token was not written: the provider %s reports it as not active (revoked, expired, '
-            'already used, or issued to another client than %s).' % (client.issuer, client.client_id))
-    owner = answer.get('client_id')
-    if isinstance(owner, str) and owner and owner != client.client_id:
-        # Many providers let any confidential client introspect any token; only the owner can refresh it.
-        raise AccountRefreshTokenError(
-            'The refresh token was not written: the provider %s says it was issued to client %s, not to %s; '
-            'only that client can use it.' % (client.issuer, owner, client.client_id))
-    return True, answer.get('scope')
 
 
 class Present(object):
@@ -354,171 +292,44 @@ class Present(object):
         self.path = store.path(self.name)
         self.now = int(time.time())
         self.validated = None
-        self.revoke_old = None   # the replaced refresh token and the account it came from
-
-    def client(self, account=None):
-        return oauth_client(self.params.get, account)
-
-    def client_of(self, old):
-        """The client to revoke a replaced token with: the replaced account's own when the task moved the
-        account to another issuer or client (the options name the new one); else as for the account."""
-        params = self.params
-        same_issuer = not params['issuer'] or normalize_issuer(params['issuer']) == normalize_issuer(
-            old.get('issuer_url') or 'https://none')
-        if same_issuer and (not params['client_id'] or params['client_id'] == old.get('client_id')):
-            return self.client(old)
-        return account_client(params.get, old)
 
     def check_token(self, client):
+        """Validate the new refresh token (not in check mode, not with validate: false); its introspected scope."""
         if self.params['validate'] and not self.module.check_mode:
             self.validated, scope = validate_refresh_token(client, self.params['refresh_token'])
             return scope
         return None
 
-    def set_lifetime(self, account, restart):
-        lifetime = self.params['lifetime']
-        if lifetime is None:
-            if not restart or not account.meta.get('lifetime_end'):
-                return
-            lifetime = stored_lifetime(account)
-            if not lifetime:
-                return
-        account.meta[META_LIFETIME] = lifetime or None
-        account.meta['lifetime_end'] = self.now + lifetime if lifetime else None
-
-    # creating
-
     def create(self):
-        params = self.params
-        missing = [o for o in ('issuer', 'client_id', 'client_secret', 'refresh_token') if not params[o]]
-        if missing:
-            raise AccountRefreshTokenError('Account %r does not exist; creating it needs %s.'
-                                           % (self.name, ', '.join(missing)))
-        client = self.client()
-        scope = params['scope']
-        introspected = self.check_token(client)
-        if scope is None:
-            scope = as_list(introspected)
-        account = build_account(self.name, params['issuer'], client.client_id, params['client_secret'],
-                                params['refresh_token'], scope, params['audience'], params['resource'],
-                                None, source='refresh_token', ca_path=params['ca_path'],
-                                auth_method=params['auth_method'], now=self.now)
-        account.meta[META_RT_FINGERPRINT] = fingerprint(params['refresh_token'])
-        account.meta[META_RT_SET_AT] = self.now
-        account.meta[META_LIFETIME] = None
-        self.set_lifetime(account, restart=False)
+        check_create_options(self.name, self.params.get)
+        client = oauth_client(self.params.get)
+        account = created_account(self.name, self.params.get, self.check_token(client), self.now)
         if not self.module.check_mode:
             self.store.save(self.name, account, self.password, overwrite=False)
-        after = facts_of(self.name, account, self.path)
-        return self.result({}, after, ['account'])
-
-    # updating
-
-    def plan(self, current):
-        """The updated account and the changed field names, or (None, []) when nothing changes."""
-        params = self.params
-        updated = current.copy()
-        changed = []
-        token = params['refresh_token']
-        # The token given last time may have been rotated since: its fingerprint still matches. An account
-        # emptied by oidc_revoke (remove: false) takes any token given, and validation then says if it is alive.
-        new_token = bool(token) and (not current.get('refresh_token') or (
-            token != current.get('refresh_token') and fingerprint(token) != current.meta.get(META_RT_FINGERPRINT)))
-
-        issuer = params['issuer'] and normalize_issuer(params['issuer'])
-        stored_issuer = normalize_issuer(current.get('issuer_url') or current.get('issuer') or 'https://none')
-        other_issuer = bool(issuer) and issuer != stored_issuer
-        other_client = bool(params['client_id']) and params['client_id'] != current.get('client_id')
-        if (other_issuer or other_client) and not new_token:
-            raise AccountRefreshTokenError(
-                'Account %r belongs to %s; its refresh token cannot be used with %s. Give a refresh_token of that '
-                '%s to replace it, or use another account name.'
-                % (self.name, 'issuer %s' % stored_issuer if other_issuer else 'client %s' % current.get('client_id'),
-                   'issuer %s' % issuer if other_issuer else 'client %s' % params['client_id'],
-                   'issuer' if other_issuer else 'client'))
-        if other_issuer:
-            updated['issuer_url'] = updated.meta['issuer'] = params['issuer']
-            changed.append('issuer')
-        if other_client:
-            updated['client_id'] = params['client_id']
-            changed.append('client_id')
-        if params['client_secret'] and params['client_secret'] != current.get('client_secret'):
-            updated['client_secret'] = params['client_secret']
-            changed.append('client_secret')
-        if params['ca_path'] and params['ca_path'] != current.get('cert_path'):
-            updated['cert_path'] = params['ca_path']
-            changed.append('ca_path')
-        if params['scope'] is not None and not same_list(params['scope'], current.get('scope')):
-            updated['scope'] = ' '.join(as_list(params['scope']))
-            changed.append('scope')
-        if params['audience'] is not None and not same_list(params['audience'], current.meta.get('audience')
-                                                            or current.get('audience')):
-            updated['audience'] = ' '.join(as_list(params['audience']))
-            updated.meta['audience'] = as_list(params['audience'])
-            changed.append('audience')
-        if params['resource'] is not None and not same_list(params['resource'], current.meta.get('resource')):
-            updated.meta['resource'] = as_list(params['resource'])
-            changed.append('resource')
-        if new_token:
-            updated['refresh_token'] = token
-            updated.meta[META_RT_FINGERPRINT] = fingerprint(token)
-            updated.meta[META_RT_SET_AT] = self.now
-            for key in ('access_token', 'access_token_expires_at', 'access_token_scope'):
-                updated.meta.pop(key, None)   # the kept access token belongs to the old grant
-            updated.meta.pop('revoked_at', None)
-            changed.insert(0, 'refresh_token')
-        elif (other_issuer or other_client or 'client_secret' in changed) and current.meta.get('access_token'):
-            for key in ('access_token', 'access_token_expires_at', 'access_token_scope'):
-                updated.meta.pop(key, None)
-        lifetime = params['lifetime']
-        if (lifetime is not None and (lifetime or None) != stored_lifetime(current)) or new_token:
-            self.set_lifetime(updated, restart=new_token)
-            if (updated.meta.get('lifetime_end') != current.meta.get('lifetime_end')
-                    or updated.meta.get(META_LIFETIME) != current.meta.get(META_LIFETIME)):
-                changed.append('lifetime')
-        if not changed:
-            return None, []
-        return updated, changed
+        return self.result({}, facts_of(self.name, account, self.path), ['account'], False)
 
     def update(self):
-        outcome = {}
+        seen = {}
 
-        def under_lock(current):
-            outcome['before'] = facts_of(self.name, current, self.path)
-            updated, changed = self.plan(current)
-            outcome['changed'] = changed
-            if updated is None:
-                outcome['after'] = outcome['before']
-                return None, None
-            if 'refresh_token' in changed:
-                self.check_token(self.client(updated))
-                if current.get('refresh_token') and self.params['revoke']:
-                    self.revoke_old = current
-            outcome['after'] = facts_of(self.name, updated, self.path)
-            return (None if self.module.check_mode else updated), None
+        def replacement(current):
+            seen['before'] = facts_of(self.name, current, self.path)
+            plan = plan_update(self.name, current, self.params.get, self.now)
+            seen['changed'] = plan.changed
+            if plan.needs_validation:
+                self.check_token(oauth_client(self.params.get, plan.account))
+            return plan.account
 
-        if self.module.check_mode:
-            under_lock(self.store.load(self.name, self.password))
-        else:
-            self.store.update(self.name, self.password, under_lock)
-        return self.result(outcome['before'], outcome['after'], outcome['changed'])
+        outcome = replace_grant(self.store, self.name, self.password, replacement,
+                                lambda old: replaced_token_client(self.params.get, old),
+                                revoke=self.params['revoke'], check_mode=self.module.check_mode)
+        after = seen['before'] if outcome['new'] is None else facts_of(self.name, outcome['new'], self.path)
+        result = self.result(seen['before'], after, seen['changed'], outcome['revoke'])
+        result['warnings'] = outcome['warnings']
+        return result
 
-    def revoke_replaced(self):
-        """Revoke the replaced refresh token (after the new one is on disk); failures are warnings."""
-        if self.revoke_old is None or self.module.check_mode:
-            return []
-        if same_session(self.revoke_old['refresh_token'], self.params['refresh_token']):
-            return [SAME_SESSION_NOTE % self.name]
-        try:
-            self.client_of(self.revoke_old).revoke(self.revoke_old['refresh_token'])
-        except OidcTokensError as exc:
-            return ['The replaced refresh token of account %r was not revoked: %s' % (self.name, exc)]
-        return []
-
-    def result(self, before, after, changed):
-        result = {'changed': bool(changed), 'account': after, 'changed_fields': changed,
-                  'revoked': self.revoke_old is not None,
-                  'diff': {'before': before, 'after': after}}
+    def result(self, before, after, changed, revoked):
+        result = {'changed': bool(changed), 'account': after, 'changed_fields': changed, 'revoked': revoked,
+                  'diff': {'before': before, 'after': after}, 'warnings': []}
         if changed:
             result['diff']['after_header'] = '%s (changed: %s)' % (self.path, ', '.join(changed))
         if self.validated is not None:
@@ -526,15 +337,8 @@ class Present(object):
         return result
 
     def run(self):
-        if self.params['lifetime'] is not None and self.params['lifetime'] < 0:
-            raise AccountRefreshTokenError('lifetime must be 0 (no limit) or a number of seconds, not %d.'
-                                           % self.params['lifetime'])
-        if self.store.exists(self.name):
-            result = self.update()
-        else:
-            result = self.create()
-        result['warnings'] = self.revoke_replaced()
-        return result
+        check_lifetime(self.params['lifetime'])
+        return self.update() if self.store.exists(self.name) else self.create()
 
 
 def absent(module, store):

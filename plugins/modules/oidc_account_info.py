@@ -229,22 +229,8 @@ from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     require_libraries, run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
-from ansible_collections.oidc.tokens.plugins.module_utils._tokens import account_facts
-
-
-def check_active(get, account):
-    """{'active': bool or None[, 'active_note': why]} for a decrypted account; never raises."""
-    token = account.get('refresh_token')
-    if not token:
-        return {'active': False, 'active_note': 'The account holds no refresh token.'}
-    try:
-        client = oauth_client(get, account)   # discovery is fetched once per process and issuer
-        if not client.metadata.get('introspection_endpoint'):
-            return {'active': None,
-                    'active_note': 'The provider %s announces no introspection endpoint.' % client.issuer}
-        return {'active': client.introspect(token, 'refresh_token')['active']}
-    except OidcTokensError as exc:
-        return {'active': None, 'active_note': 'The provider could not be asked: %s' % exc}
+from ansible_collections.oidc.tokens.plugins.module_utils._accounts import refresh_token_activity
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import account_facts, is_expired
 
 
 def describe(store, name, password, get, want_active, now):
@@ -264,12 +250,11 @@ def describe(store, name, password, get, want_active, now):
     except OidcTokensError as exc:
         entry['error'] = str(exc)
         return entry
-    facts = account_facts(name, account, entry['path'])
-    entry.update(facts)
+    entry.update(account_facts(name, account, entry['path']))
     entry['decrypted'] = True
-    entry['expired'] = bool(facts['lifetime_end'] and now >= facts['lifetime_end'])
+    entry['expired'] = is_expired(account, now)
     if want_active:
-        entry.update(check_active(get, account))
+        entry.update(refresh_token_activity(lambda acc: oauth_client(get, acc), account))
     return entry
 
 

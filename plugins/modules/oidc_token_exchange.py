@@ -229,9 +229,10 @@ from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     require_libraries, run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import TOKEN_TYPE_REFRESH, resolve_token_type
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._accounts import replace_grant
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    OFFLINE_ACCESS_CHOICES, SAME_SESSION_NOTE, ShortRefreshTokenError, account_facts, account_is_usable, build_account,
-    exchange, same_session, short_refresh_token)
+    OFFLINE_ACCESS_CHOICES, ShortRefreshTokenError, account_facts, account_is_usable, build_account, exchange,
+    short_refresh_token)
 
 
 def run(module):
@@ -293,7 +294,11 @@ def run(module):
     if not params['persist']:
         result['refresh_token'] = token.refresh_token
     elif store.exists(name):
-        warnings.extend(replace_account(store, name, password, account, params))
+        # Readers never see the account missing; a failure to revoke the old token costs a warning, not the new
+        # account. Only with force can the old file be unreadable: then its token cannot be revoked.
+        replaced = replace_grant(store, name, password, lambda current: account,
+                                 lambda old: account_client(params.get, old), overwrite_unreadable=True)
+        warnings.extend(replaced['warnings'])
     else:
         store.save(name, account, password)
     if params['return_access_token'] and token.access_token:
@@ -310,29 +315,6 @@ def _facts_if_readable(store, name, password, path):
         return account_facts(name, store.load(name, password), path)
     except OidcTokensError:
         return None
-
-
-def replace_account(store, name, password, account, params):
-    """Swap the new account in under the lock, then revoke the replaced refresh token.
-
-    Readers never see the account missing; a failure to revoke the old token costs a warning,
-    not the new account.
-    """
-    try:
-        old = store.update(name, password, lambda current: (account, current))
-    except OidcTokensError as exc:
-        # Only reached with force: the old file cannot be read, so its token cannot be revoked.
-        store.save(name, account, password)
-        return ['The replaced account %r could not be read, so its refresh token was not revoked: %s' % (name, exc)]
-    if not old.get('refresh_token'):
-        return []
-    if same_session(old['refresh_token'], account['refresh_token']):
-        return [SAME_SESSION_NOTE % name]
-    try:
-        account_client(params.get, old).revoke(old['refresh_token'])
-    except OidcTokensError as exc:
-        return ['The replaced refresh token of account %r was not revoked: %s' % (name, exc)]
-    return []
 
 
 def main():

@@ -1,0 +1,377 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the oidc.tokens collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""An account kept from a refresh token: its field plan, what the provider says of its refresh token, and
+replacing its grant.
+
+- The field plan (``FIELDS``, ``plan_update``, ``created_account``): which option of oidc_account sets which
+  account field and how it is compared, which fields name the grant (a new refresh token is needed to change
+  them), which changes the provider must confirm before they are written (``VALIDATED``), and when the
+  lifetime's end moves.
+- One probe of a refresh token (``probe_refresh_token``, RFC 7662 introspection as the account's client), read
+  by oidc_account before it writes a token (``validate_refresh_token``) and by oidc_account_info
+  (``refresh_token_activity``).
+- ``replace_grant``: write an account over the one it replaces, under its lock, then revoke the refresh token
+  it replaced; used by oidc_account and oidc_token_exchange.
+
+Internal to the oidc.tokens collection: no compatibility promise to anyone else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections import namedtuple
+
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
+from ansible_collections.oidc.tokens.plugins.module_utils._options import account_client, oauth_client
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
+    SAME_SESSION_NOTE, account_facts, as_list, build_account, lifetime_fields, same_session, stored_lifetime)
+
+# Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
+META_RT_FINGERPRINT = 'refresh_token_given_sha256'   # SHA-256 of the token oidc_account was last given
+META_RT_SET_AT = 'refresh_token_set_at'              # when oidc_account last gave the account a refresh token
+_KEPT_ACCESS_TOKEN = ('access_token', 'access_token_expires_at', 'access_token_scope')
+
+
+class AccountRefreshTokenError(OidcTokensError):
+    """The refresh token given to oidc_account cannot be used."""
+
+
+def fingerprint(token):
+    return hashlib.sha256(token.encode('utf-8')).hexdigest()
+
+
+def facts_of(name, account, path):
+    """account_facts with the lifetime the end was set from and when the account was last given a refresh token."""
+    facts = account_facts(name, account, path)
+    facts['lifetime'] = stored_lifetime(account)
+    facts['refresh_token_set_at'] = account.meta.get(META_RT_SET_AT)
+    return facts
+
+
+def check_lifetime(lifetime):
+    if lifetime is not None and lifetime < 0:
+        raise AccountRefreshTokenError('lifetime must be 0 (no limit) or a number of seconds, not %d.' % lifetime)
+
+
+# -- the field plan ---------------------------------------------------------------------------------------
+
+def _same_list(value, stored):
+    return sorted(set(as_list(value))) == sorted(set(as_list(stored)))
+
+
+def _same_issuer(value, stored):
+    return normalize_issuer(value) == normalize_issuer(stored)
+
+
+def _not_none(value):
+    return value is not None
+
+
+def _stored(key):
+    return lambda account: account.get(key)
+
+
+def _set(key, convert=lambda value: value):
+    def write(account, value):
+        account[key] = convert(value)
+    return write
+
+
+def _set_issuer(account, value):
+    account['issuer_url'] = account.meta['issuer'] = value
+
+
+def _set_audience(account, value):
+    account['audience'] = ' '.join(as_list(value))
+    account.meta['audience'] = as_list(value)
+
+
+def _set_resource(account, value):
+    account.meta['resource'] = as_list(value)
+
+
+class Field(namedtuple('Field', 'name read write given same grant drops_access_token',
+                       defaults=(bool, operator.eq, None, False))):
+    """One option of oidc_account and the account field it sets.
+
+    ``name``: the option, and the name in changed_fields. ``read(account)``: the stored value. ``write(account,
+    value)``. ``given(value)``: whether the option asks for anything (default: a non-empty value).
+    ``same(value, stored)``. ``grant``: for a field that names the grant a refresh token belongs to ('issuer',
+    'client'): changing it needs a new refresh token. ``drops_access_token``: the kept access token goes when
+    the field changes.
+    """
+
+
+FIELDS = (   # in the order changed_fields reports them, after refresh_token and before lifetime
+    Field('issuer', lambda a: a.get('issuer_url') or a.get('issuer') or 'https://none', _set_issuer,
+          same=_same_issuer, grant='issuer', drops_access_token=True),
+    Field('client_id', _stored('client_id'), _set('client_id'), grant='client', drops_access_token=True),
+    Field('client_secret', _stored('client_secret'), _set('client_secret'), drops_access_token=True),
+    Field('ca_path', _stored('cert_path'), _set('cert_path')),
+    Field('scope', _stored('scope'), _set('scope', lambda value: ' '.join(as_list(value))), given=_not_none,
+          same=_same_list),
+    Field('audience', lambda a: a.meta.get('audience') or a.get('audience'), _set_audience, given=_not_none,
+          same=_same_list),
+    Field('resource', lambda a: a.meta.get('resource'), _set_resource, given=_not_none, same=_same_list),
+)
+
+# Changes the provider must confirm (validate) before they are written: a new refresh token.
+VALIDATED = ('refresh_token',)
+
+
+class Plan(namedtuple('Plan', 'account changed')):
+    """The updated account (None when nothing changes) and the changed field names, in the order reported."""
+
+    @property
+    def needs_validation(self):
+        return any(name in VALIDATED for name in self.changed)
+
+
+def is_new_refresh_token(account, token):
+    """Whether ``token`` replaces the account's refresh token.
+
+    The token given last time may have been rotated since: its fingerprint still matches. An account emptied by
+    oidc_revoke (remove: false) takes any token given, and validation then says if it is alive.
+    """
+    return bool(token) and (not account.get('refresh_token') or (
+        token != account.get('refresh_token') and fingerprint(token) != account.meta.get(META_RT_FINGERPRINT)))
+
+
+def _grant_error(name, field, value, stored):
+    show = normalize_issuer if field.grant == 'issuer' else (lambda v: v)
+    return AccountRefreshTokenError(
+        'Account %r belongs to %s %s; its refresh token cannot be used with %s %s. Give a refresh_token of that %s '
+        'to replace it, or use another account name.'
+        % (name, field.grant, show(stored), field.grant, show(value), field.grant))
+
+
+def _give_refresh_token(account, token, now):
+    account['refresh_token'] = token
+    account.meta[META_RT_FINGERPRINT] = fingerprint(token)
+    account.meta[META_RT_SET_AT] = now
+    _drop_access_token(account)   # the kept access token belongs to the old grant
+    account.meta.pop('revoked_at', None)
+
+
+def _drop_access_token(account):
+    for key in _KEPT_ACCESS_TOKEN:
+        account.meta.pop(key, None)
+
+
+def _move_lifetime(account, lifetime, now, restart):
+    """A new lifetime moves the end to ``now`` + lifetime; a new refresh token (``restart``) restarts it."""
+    if lifetime is None:
+        if not restart or not account.meta.get('lifetime_end'):
+            return
+        lifetime = stored_lifetime(account)
+        if not lifetime:
+            return
+    account.meta.update(lifetime_fields(lifetime, now))
+
+
+def plan_update(name, current, get, now):
+    """What oidc_account's options (``get``) change in the existing account ``current``: a Plan.
+
+    Raises AccountRefreshTokenError when the options move the account to another issuer or client without a
+    new refresh token.
+    """
+    token = get('refresh_token')
+    new_token = is_new_refresh_token(current, token)
+    updated = current.copy()
+    changed = []
+    for field in FIELDS:
+        value = get(field.name)
+        if not field.given(value) or field.same(value, field.read(current)):
+            continue
+        if field.grant and not new_token:
+            raise _grant_error(name, field, value, field.read(current))
+        field.write(updated, value)
+        changed.append(field.name)
+    if new_token:
+        _give_refresh_token(updated, token, now)
+        changed.insert(0, 'refresh_token')
+    elif current.meta.get('access_token') and any(f.drops_access_token and f.name in changed for f in FIELDS):
+        _drop_access_token(updated)
+    # The same lifetime keeps the end it set before (idempotent); another value or a new token moves it.
+    lifetime = get('lifetime')
+    if (lifetime is not None and (lifetime or None) != stored_lifetime(current)) or new_token:
+        _move_lifetime(updated, lifetime, now, restart=new_token)
+        if (updated.meta.get('lifetime_end') != current.meta.get('lifetime_end')
+                or updated.meta.get('lifetime') != current.meta.get('lifetime')):
+            changed.append('lifetime')
+    return Plan(updated if changed else None, changed)
+
+
+CREATE_NEEDS = ('issuer', 'client_id', 'client_secret', 'refresh_token')
+
+
+def check_create_options(name, get):
+    missing = [option for option in CREATE_NEEDS if not get(option)]
+    if missing:
+        raise AccountRefreshTokenError('Account %r does not exist; creating it needs %s.' % (name, ', '.join(missing)))
+
+
+def created_account(name, get, introspected_scope, now):
+    """The account oidc_account creates from its options; without a scope option, the introspected scope."""
+    scope = get('scope')
+    if scope is None:
+        scope = as_list(introspected_scope)
+    account = build_account(name, get('issuer'), get('client_id'), get('client_secret'), get('refresh_token'), scope,
+                            get('audience'), get('resource'), get('lifetime'), source='refresh_token',
+                            ca_path=get('ca_path'), auth_method=get('auth_method'), now=now)
+    account.meta[META_RT_FINGERPRINT] = fingerprint(get('refresh_token'))
+    account.meta[META_RT_SET_AT] = now
+    return account
+
+
+# -- what the provider says of a refresh token ------------------------------------------------------------
+
+ACTIVE, INACTIVE, OTHER_CLIENT, NO_INTROSPECTION, NOT_ANSWERED = (
+    'active', 'inactive', 'other_client', 'no_introspection', 'not_answered')
+
+RefreshTokenStatus = namedtuple('RefreshTokenStatus', 'state active owner scope error')
+
+
+def probe_refresh_token(client, token):
+    """Ask the provider about a refresh token: RFC 7662 introspection as ``client``, when announced.
+
+    Returns a RefreshTokenStatus: ``state`` ACTIVE; INACTIVE; OTHER_CLIENT (active, but the provider names
+    another client, ``owner``, that alone can use it: many providers let any confidential client introspect any
+    token); NO_INTROSPECTION (the provider announces no introspection endpoint); NOT_ANSWERED (the introspection
+    failed: ``error``). ``active``: the provider's answer, None when it was not asked or did not answer.
+    ``scope``: the scope it reports for an active token. Errors of discovery propagate (nothing was asked).
+    """
+    if not client.metadata.get('introspection_endpoint'):
+        return RefreshTokenStatus(NO_INTROSPECTION, None, None, None, None)
+    try:
+        answer = client.introspect(token, 'refresh_token')
+    except OidcTokensError as exc:
+        return RefreshTokenStatus(NOT_ANSWERED, None, None, None, exc)
+    if not answer['active']:
+        return RefreshTokenStatus(INACTIVE, False, None, None, None)
+    owner = answer.get('client_id')
+    if isinstance(owner, str) and owner and owner != client.client_id:
+        return RefreshTokenStatus(OTHER_CLIENT, True, owner, answer.get('scope'), None)
+    return RefreshTokenStatus(ACTIVE, True, owner, answer.get('scope'), None)
+
+
+def validate_refresh_token(client, token):
+    """Discovery, then introspection when announced. Returns (validated, introspected scope).
+
+    Raises AccountRefreshTokenError unless the provider confirms the token as active and the client's.
+    """
+    try:
+        status = probe_refresh_token(client, token)
+    except DiscoveryError as exc:
+        raise AccountRefreshTokenError('The refresh token was not written: %s' % exc)
+    if status.state == NO_INTROSPECTION:
+        return False, None
+    if status.state == NOT_ANSWERED:
+        raise AccountRefreshTokenError(
+            'The refresh token was not written: introspecting it as client %s failed: %s (set validate: false for '
+            'a provider that does not let the client introspect its tokens)' % (client.client_id, status.error))
+    if status.state == INACTIVE:
+        raise AccountRefreshTokenError(
+            'The refresh token was not written: the provider %s reports it as not active (revoked, expired, '
+            'already used, or issued to another client than %s).' % (client.issuer, client.client_id))
+    if status.state == OTHER_CLIENT:
+        raise AccountRefreshTokenError(
+            'The refresh token was not written: the provider %s says it was issued to client %s, not to %s; '
+            'only that client can use it.' % (client.issuer, status.owner, client.client_id))
+    return True, status.scope
+
+
+def refresh_token_activity(client_for, account):
+    """{'active': bool or None[, 'active_note': why]} for a decrypted account; never raises an OidcTokensError.
+
+    ``active`` is the provider's introspection answer as it is (a token it names another client's owner of
+    counts as active).
+    """
+    token = account.get('refresh_token')
+    if not token:
+        return {'active': False, 'active_note': 'The account holds no refresh token.'}
+    try:
+        client = client_for(account)   # discovery is fetched once per process and issuer
+        status = probe_refresh_token(client, token)
+    except OidcTokensError as exc:
+        return {'active': None, 'active_note': 'The provider could not be asked: %s' % exc}
+    if status.state == NO_INTROSPECTION:
+        return {'active': None, 'active_note': 'The provider %s announces no introspection endpoint.' % client.issuer}
+    if status.state == NOT_ANSWERED:
+        return {'active': None, 'active_note': 'The provider could not be asked: %s' % status.error}
+    return {'active': status.active}
+
+
+# -- replacing the grant ----------------------------------------------------------------------------------
+
+def replaced_token_client(get, old):
+    """The client to revoke an account's replaced refresh token with.
+
+    As for the account (the task's provider options apply) while the task keeps its issuer and client; the
+    replaced account's own when the task moved the account to another issuer or client.
+    """
+    same_issuer = not get('issuer') or normalize_issuer(get('issuer')) == normalize_issuer(
+        old.get('issuer_url') or 'https://none')
+    if same_issuer and (not get('client_id') or get('client_id') == old.get('client_id')):
+        return oauth_client(get, old)
+    return account_client(get, old)
+
+
+def replace_grant(store, name, password, replacement, client_for, revoke=True, check_mode=False,
+                  overwrite_unreadable=False):
+    """Put the account ``replacement(current)`` returns in place of account ``name``, then revoke the refresh
+    token it replaced.
+
+    ``replacement(current)`` runs under the account's lock and returns the account to write, or None to keep
+    the current one; what it raises propagates and nothing is written. Once the new account is on disk, the
+    refresh token it replaced (one the new account does not hold) is revoked with ``client_for(old)`` when
+    ``revoke``, except one of the same provider session as the new one (same_session): revoking it would end
+    the new one too. A failed revocation is a warning, never the loss of the new account. In check mode the
+    account is read and nothing is written or revoked.
+
+    ``overwrite_unreadable``: when the current account cannot be read (wrong password, damaged file), write
+    ``replacement(None)`` all the same, with a warning that the old refresh token was not revoked.
+
+    Returns a dict: ``old`` (the account before, None when unreadable), ``new`` (the account written or, in
+    check mode, planned; None when nothing changes), ``revoke`` (whether a replaced refresh token was due to be
+    revoked, whatever happened then: the warnings say when it was not), ``warnings``.
+    """
+    outcome = {'old': None, 'new': None, 'revoke': False, 'warnings': []}
+
+    def swap(current):
+        new = replacement(current)
+        old_token = current.get('refresh_token')
+        outcome.update(old=current, new=new, revoke=bool(
+            revoke and new is not None and old_token and new.get('refresh_token') != old_token))
+        return (None if check_mode else new), None
+
+    if check_mode:
+        swap(store.load(name, password))
+        return outcome
+    try:
+        store.update(name, password, swap)
+    except OidcTokensError as exc:
+        if not overwrite_unreadable:
+            raise
+        outcome['new'] = replacement(None)
+        store.save(name, outcome['new'], password)
+        outcome['warnings'].append('The replaced account %r could not be read, so its refresh token was not '
+                                   'revoked: %s' % (name, exc))
+        return outcome
+    if outcome['revoke']:
+        outcome['warnings'].extend(_revoke_replaced(name, outcome['old'], outcome['new'], client_for))
+    return outcome
+
+
+def _revoke_replaced(name, old, new, client_for):
+    """Revoke old's refresh token, which new replaced; returns the warnings."""
+    if same_session(old['refresh_token'], new['refresh_token']):
+        return [SAME_SESSION_NOTE % name]
+    try:
+        client_for(old).revoke(old['refresh_token'])
+    except OidcTokensError as exc:
+        return ['The replaced refresh token of account %r was not revoked: %s' % (name, exc)]
+    return []
