@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment(object):
-    # How to reach the OpenID provider and authenticate as the confidential client.
+    # Which OpenID provider and confidential client (with oidc.tokens.connection: how requests reach it).
     DOCUMENTATION = r'''
 options:
   issuer:
@@ -36,30 +36,6 @@ options:
       - When not set, C(client_secret_basic) if the provider offers it, else C(client_secret_post).
     type: str
     choices: [client_secret_basic, client_secret_post]
-  ca_path:
-    description:
-      - A CA bundle file to verify the provider's TLS certificate with (oidc-agent's C(--cp)).
-      - When not set, the system's trust store is used, or the file named by C(REQUESTS_CA_BUNDLE).
-    type: path
-  validate_certs:
-    description:
-      - Verify the provider's TLS certificate. Turn off only for testing.
-    type: bool
-    default: true
-  timeout:
-    description:
-      - Seconds to wait for the provider to connect and to answer, per request.
-    type: int
-    default: 10
-  retries:
-    description:
-      - How often a request is repeated after a connection error or an HTTP 5xx answer, with exponential
-        backoff. 4xx answers are never repeated.
-      - A request that spends a refresh token or a subject token is repeated only when it cannot have reached
-        the provider, because a provider with reuse detection revokes the whole grant when a spent refresh
-        token comes back.
-    type: int
-    default: 3
   allow_insecure_http:
     description:
       - Allow a plain C(http://) issuer on a host that is not loopback. Tokens and the client secret would cross

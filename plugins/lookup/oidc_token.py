@@ -29,6 +29,7 @@ description:
     C(issuer), C(scope), C(claims) instead of the access token.
 extends_documentation_fragment:
   - oidc.tokens.provider
+  - oidc.tokens.connection
   - oidc.tokens.provider.plugins
   - oidc.tokens.store
   - oidc.tokens.store.plugins

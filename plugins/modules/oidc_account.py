@@ -24,6 +24,7 @@ author:
   - oidc.tokens maintainers (@oidc-tokens)
 extends_documentation_fragment:
   - oidc.tokens.provider
+  - oidc.tokens.connection
   - oidc.tokens.store
   - oidc.tokens.attributes
   - oidc.tokens.attributes.actiongroup_oidc

@@ -23,6 +23,7 @@ author:
   - oidc.tokens maintainers (@oidc-tokens)
 extends_documentation_fragment:
   - oidc.tokens.provider
+  - oidc.tokens.connection
   - oidc.tokens.store
   - oidc.tokens.attributes
   - oidc.tokens.attributes.actiongroup_oidc
@@ -243,7 +244,10 @@ def run(module):
                              'Use the provider directly for other exchanges.')
     store = account_store(params.get)
     path = store.path(name)
-    password = encryption_password(params.get) if params['persist'] else None
+    # A check run that would create the account needs no password: its source may be what an earlier task of the
+    # same check run would have made (a password file), and nothing is encrypted.
+    needs_password = params['persist'] and (store.exists(name) or not module.check_mode)
+    password = encryption_password(params.get) if needs_password else None
     client = oauth_client(params.get)
 
     before = None

@@ -9,7 +9,12 @@ each with its own Unix job user, become via su): wall time, and requests per wor
                                                         [--budget-minutes 90] [--out FILE.json [--resume]]
 
 The physical limit per worker is one token exchange (start) and one revocation (teardown); the
-provider's own counters say how close the role gets. Each worker installs the refresher under its own
+provider's own counters say how close the role gets. Each run also plays the floors, side by side: a
+play that only runs oidc_token_exchange once per worker as the job user (start's floor) and one that
+only runs oidc_revoke once per worker (teardown's floor); the figures give each playbook's wall time
+as a multiple of its floor's in the same run, and the module runs per worker (tasks that ran a module
+on the worker, counted from the task results; controller-only actions such as assert and set_fact
+are not module runs). Each worker installs the refresher under its own
 prefix, as separate hosts would. Needs root: it creates the job users oidcb<random>001... and removes them
 at the end. Runs stop being added for a size once --budget-minutes is spent (never fewer than one);
 the figures say how many runs each median is of. With --resume, the runs already in --out count
@@ -33,6 +38,38 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
+
+# Actions that run on the controller only: they are not module runs on the worker.
+CONTROLLER_ACTIONS = frozenset(('assert', 'debug', 'fail', 'include_role', 'include_tasks', 'meta', 'set_fact',
+                                'validate_argument_spec'))
+
+
+def module_runs(results):
+    """The tasks that ran a module on a worker (not skipped, not a controller-only action): {task: runs}."""
+    runs = {}
+    for r in results:
+        if r['status'] != 'skipped' and r.get('action', '').rsplit('.', 1)[-1] not in CONTROLLER_ACTIONS:
+            runs[r['task']] = runs.get(r['task'], 0) + 1
+    return runs
+
+
+def floor_plays(args_become):
+    """The floors: one exchange per worker as the job user (start), one revocation per worker (teardown)."""
+    common = {'become': True, 'become_user': '{{ job_tokens_user }}',
+              'vars': {'ansible_pipelining': args_become == 'sudo'}}
+    exchange = dict(common, name='The floor of start: one exchange per worker, as the job user', **{
+        'oidc.tokens.oidc_token_exchange': {
+            'name': FLOOR_ACCOUNT, 'issuer': '{{ job_tokens_issuer }}', 'client_id': '{{ job_tokens_client_id }}',
+            'client_secret': '{{ job_tokens_client_secret }}', 'subject_token': '{{ job_tokens_subject_token }}',
+            'scope': '{{ job_tokens_scope }}', 'lifetime': '{{ job_tokens_lifetime }}',
+            'encryption_password': "{{ lookup('ansible.builtin.env', 'EV_FLOOR_PASSWORD') }}"}})
+    revoke = dict(common, name='The floor of teardown: one revocation per worker, as the job user', **{
+        'oidc.tokens.oidc_revoke': {
+            'name': FLOOR_ACCOUNT, 'encryption_password': "{{ lookup('ansible.builtin.env', 'EV_FLOOR_PASSWORD') }}"}})
+    return [{'hosts': 'workers', 'gather_facts': False, 'tasks': [task]} for task in (exchange, revoke)]
+
+
+FLOOR_ACCOUNT = 'bench-floor'
 
 # Job users of this run only: oidcb<4 hex><3 digits> (runs on one machine at once must not share them).
 USER_PREFIX = 'oidcb%s' % secrets.token_hex(2)
@@ -143,6 +180,13 @@ def report(args, parameters, results, final=True):
         entry = {
             'start_s': _common.summary([r['start']['seconds'] for r in rows], 1, 1),
             'teardown_s': _common.summary([r['teardown']['seconds'] for r in rows], 1, 1),
+            'floor_start_s': _common.summary([r['floor_start']['seconds'] for r in rows], 1, 1),
+            'floor_teardown_s': _common.summary([r['floor_teardown']['seconds'] for r in rows], 1, 1),
+            'start_floor_ratio': _common.summary([r['start']['seconds'] / r['floor_start']['seconds'] for r in rows], 1, 2),
+            'teardown_floor_ratio': _common.summary(
+                [r['teardown']['seconds'] / r['floor_teardown']['seconds'] for r in rows], 1, 2),
+            'module_runs_per_worker_start': _common.summary(per_worker('start', 'module_runs'), 1, 2),
+            'module_runs_per_worker_teardown': _common.summary(per_worker('teardown', 'module_runs'), 1, 2),
             'start_per_worker_s': _common.summary([r['start']['seconds'] / size for r in rows], 1, 3),
             'exchanges_per_worker': _common.summary(per_worker('start', 'exchange' + 's'), 1, 2),
             'refreshes_per_worker_at_start': _common.summary(per_worker('start', 'refreshes'), 1, 2),
@@ -157,7 +201,13 @@ def report(args, parameters, results, final=True):
             continue
         print('  %d workers (%d runs)' % (size, len(rows)))
         _common.line('start (job_start.yml)', entry['start_s'], 's')
+        _common.line('  its floor (one oidc_token_exchange per worker)', entry['floor_start_s'], 's')
+        _common.line('  start / floor (goal: at most 3)', entry['start_floor_ratio'], 'x')
+        _common.line('  module runs per worker at start', entry['module_runs_per_worker_start'], '')
         _common.line('teardown (job_teardown.yml)', entry['teardown_s'], 's')
+        _common.line('  its floor (one oidc_revoke per worker)', entry['floor_teardown_s'], 's')
+        _common.line('  teardown / floor (goal: at most 2)', entry['teardown_floor_ratio'], 'x')
+        _common.line('  module runs per worker at teardown', entry['module_runs_per_worker_teardown'], '')
         _common.line('exchanges per worker (limit 1)', entry['exchanges_per_worker'], '')
         _common.line('refreshes per worker at start', entry['refreshes_per_worker_at_start'], '')
         _common.line('revocations per worker (limit 1)', entry['revocations_per_worker'], '')
@@ -213,7 +263,10 @@ def main():
     try:
         created = ensure_users(max(sizes))
         with Provider(workdir=os.path.join(work, 'provider'), at_ttl=3600) as op:
-            ansible = Ansible(os.path.join(work, 'ansible'), env={'EV_SECRET': op.client(EXCHANGER)['client_secret']})
+            ansible = Ansible(os.path.join(work, 'ansible'), env={'EV_SECRET': op.client(EXCHANGER)['client_secret'],
+                                                                  'EV_FLOOR_PASSWORD': secrets.token_urlsafe(24)})
+            floor_start, floor_teardown = (ansible.write_private('floor-%s.yml' % name, [play]) for name, play in
+                                           zip(('start', 'teardown'), floor_plays(parameters['become_method'])))
             for size in sizes:
                 hosts = dict(('w%03d' % i, {'job_tokens_user': '%s%03d' % (USER_PREFIX, i)})
                              for i in range(1, size + 1))
@@ -241,10 +294,13 @@ def main():
                     # The user's access token of the moment, as at a real job's start (one token would
                     # expire during a long benchmark).
                     ansible.env['EV_SUBJECT'] = op.user_access_token(scope='openid compute.read')
-                    for phase, playbook in (('start', 'job_start.yml'), ('teardown', 'job_teardown.yml')):
+                    for phase, playbook in (('start', os.path.join(playbooks, 'job_start.yml')),
+                                            ('teardown', os.path.join(playbooks, 'job_teardown.yml')),
+                                            ('floor_start', floor_start), ('floor_teardown', floor_teardown)):
+                        if phase == 'floor_start':     # a fresh subject token for the floor's exchanges too
+                            ansible.env['EV_SUBJECT'] = op.user_access_token(scope='openid compute.read')
                         before = stat_counts(op)
-                        run = ansible.playbook(os.path.join(playbooks, playbook), inventory=inventory,
-                                               forks=args.forks, timeout=14400)
+                        run = ansible.playbook(playbook, inventory=inventory, forks=args.forks, timeout=14400)
                         after = stat_counts(op)
                         if run.rc != 0:
                             raise RuntimeError('%s of %d workers failed (rc %s):\n%s' % (
@@ -257,15 +313,18 @@ def main():
                             'discovery': after['discovery'] - before['discovery'],
                             # The subject token comes from the environment: every token request is the role's.
                             'token_requests': after['all_token_requests'] - before['all_token_requests'],
+                            'module_runs': sum(module_runs(run.results).values()),
+                            'module_run_tasks': module_runs(run.results),
                         }
                     rows.append(row)
                     results[size] = rows
                     report(args, parameters, results, final=False)
                     per_worker_seconds.append((row['start']['seconds'] + row['teardown']['seconds']) / size)
-                    print('  %4d workers run %d: start %6.1f s (%d exchanges, %d refreshes), teardown %6.1f s '
-                          '(%d revocations)' % (size, index + 1, row['start']['seconds'], row['start']['exchanges'],
-                                                row['start']['refreshes'], row['teardown']['seconds'],
-                                                row['teardown']['revocations']), flush=True)
+                    print('  %4d workers run %d: start %6.1f s (%d exchanges, %d refreshes; floor %.1f s), teardown %6.1f s '
+                          '(%d revocations; floor %.1f s)' % (
+                              size, index + 1, row['start']['seconds'], row['start']['exchanges'],
+                              row['start']['refreshes'], row['floor_start']['seconds'], row['teardown']['seconds'],
+                              row['teardown']['revocations'], row['floor_teardown']['seconds']), flush=True)
                 results[size] = rows
     finally:
         remove_users(created)

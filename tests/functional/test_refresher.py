@@ -1,7 +1,7 @@
-"""The on-host refresher (roles/job_tokens/files/oidc-tokens-refresher) against the real test provider.
+"""The on-host refresher (plugins/module_utils/_refresher.py) against the real test provider.
 
-The refresher runs as a separate process, as the role runs it, with the collection's module_utils
-on its path (OIDC_TOKENS_LIB points at the checkout made importable by conftest.py). Access tokens
+The refresher runs as a separate process, as the zip application oidc.tokens.oidc_refresher installs
+(built from the checkout by the module's own code, tests/support/refresher_program.py). Access tokens
 live a few seconds, so every test sees several of them come and go.
 """
 
@@ -19,18 +19,14 @@ import time
 
 import pytest
 
-import ansible_collections.oidc.tokens as collection
 from ansible_collections.oidc.tokens.plugins.module_utils import _tokens
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import StorePermissionError
 from ansible_collections.oidc.tokens.plugins.module_utils._private_files import write_secret_file
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import OAuthClient
+import refresher_program
 from fault_proxy import FaultProxy
 
-COLLECTION_DIR = os.path.realpath(list(collection.__path__)[0])
-REFRESHER = os.path.join(COLLECTION_DIR, 'roles', 'job_tokens', 'files', 'oidc-tokens-refresher')
-# The directory that holds ansible_collections/oidc/tokens (conftest.py made it), as the role's lib dir.
-LIB_DIR = os.path.dirname(os.path.dirname(os.path.dirname(list(collection.__path__)[0])))
 PASSWORD = 'refresher test password'
 SCOPE = 'openid offline_access compute.read'
 AT_TTL = 4
@@ -76,12 +72,12 @@ class Job(object):
         return self.state_dir / ('%s.log' % self.name)
 
     def env(self):
-        env = dict(os.environ, OIDC_TOKENS_LIB=LIB_DIR)
+        env = dict(os.environ)
         env.pop('OIDC_CONFIG_DIR', None)
         return env
 
     def argv(self, *args):
-        return [sys.executable, REFRESHER, '--config', str(self.config_path)] + list(args) + [self.name]
+        return [sys.executable, refresher_program.path(), '--config', str(self.config_path)] + list(args) + [self.name]
 
     def run(self, *args, timeout=60):
         return subprocess.run(self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout,

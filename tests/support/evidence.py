@@ -23,10 +23,11 @@ from urllib.parse import quote, quote_plus
 
 import yaml
 
+import refresher_program
+
 SUPPORT_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(SUPPORT_DIR))
 CALLBACK_DIR = os.path.join(SUPPORT_DIR, 'callback_plugins')
-REFRESHER = os.path.join(REPO_ROOT, 'roles', 'job_tokens', 'files', 'oidc-tokens-refresher')
 EXCHANGER = 'oidc-tokens-exchanger'
 SCOPE = ['openid', 'offline_access', 'compute.read']
 
@@ -457,7 +458,8 @@ class RefresherJob(object):
         return env
 
     def argv(self, *args):
-        program = [REFRESHER] if not self.marks else [os.path.join(SUPPORT_DIR, 'marked_refresher.py'), REFRESHER]
+        refresher = refresher_program.path()
+        program = [refresher] if not self.marks else [os.path.join(SUPPORT_DIR, 'marked_refresher.py'), refresher]
         return [sys.executable] + program + ['--config', self.config_path] + list(args) + [self.name]
 
     def run(self, *args, timeout=120):

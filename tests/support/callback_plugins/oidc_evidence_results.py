@@ -40,7 +40,8 @@ class CallbackModule(CallbackBase):
         data = getattr(result, 'result', None)
         if data is None:
             data = result._result
-        entry = {'host': result.host.get_name(), 'task': result.task.get_name(), 'status': status}
+        entry = {'host': result.host.get_name(), 'task': result.task.get_name(), 'status': status,
+                 'action': result.task.action}
         for key in KEEP:
             if key in data:
                 value = data[key]

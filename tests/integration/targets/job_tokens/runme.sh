@@ -180,8 +180,10 @@ fi
 grep -q '"rc": 3' "$WORK/failing.log" || { cat "$WORK/failing.log"; die "the job did not run with its token"; }
 grep -A1 'TASK \[oidc.tokens.job_tokens : Exchange the subject token' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
     { cat "$WORK/failing.log"; die "the second start did not keep the account"; }
-grep -A1 'TASK \[oidc.tokens.job_tokens : Install the refresher bundle\]' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
-    { cat "$WORK/failing.log"; die "the second start installed the refresher bundle again (not byte-identical)"; }
+grep -A1 'TASK \[oidc.tokens.job_tokens : Prepare the worker' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
+    { cat "$WORK/failing.log"; die "the second start installed the refresher again (not byte-identical) or changed its files"; }
+grep -A1 'TASK \[oidc.tokens.job_tokens : Start the refresher' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
+    { cat "$WORK/failing.log"; die "the second start changed the running refresher"; }
 [ "$(stat_of exchange)" -eq $((exchanged_before + 1)) ] || die "two starts exchanged twice"
 [ "$(stat_of revocation)" -eq $((revoked_before + 1)) ] ||
     { cat "$WORK/failing.log"; die "the failing job's refresh token was not revoked"; }
@@ -201,6 +203,39 @@ grep -Eq 'worker[123] +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$WORK/t
 ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" -e job_tokens_account=never-started >/dev/null
 echo "ok: teardown is idempotent"
 
+# --- 3b. check mode ----------------------------------------------------------------------------------
+say "3b. start and teardown in check mode report changes and make none"
+left_of_worker1() {  # what start leaves on worker1 (the job user oidcjob1)
+    local uid found=()
+    uid=$(id -u oidcjob1)
+    for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/run/oidc-tokens/$uid/$ACCOUNT.password" \
+        "/run/oidc-tokens/$uid/bt_u$uid" "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
+        [ ! -e "$path" ] || found+=("$path")
+    done
+    if crontab -l -u oidcjob1 2>/dev/null | grep -q oidc-tokens-refresher; then found+=(cron); fi
+    echo "${found[*]}"
+}
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1 --check --diff >"$WORK/check-start.log" 2>&1 ||
+    { cat "$WORK/check-start.log"; die "job_start.yml --check failed"; }
+grep -Eq 'worker1 +: ok=[0-9]+ +changed=3 ' "$WORK/check-start.log" ||
+    { cat "$WORK/check-start.log"; die "start in check mode did not report the preparation, exchange and refresher it would make"; }
+grep -q '"token_file": "/run/oidc-tokens/' "$WORK/check-start.log" ||
+    { cat "$WORK/check-start.log"; die "start in check mode showed no diff of the refresher configuration"; }
+[ -z "$(left_of_worker1)" ] || die "start in check mode left $(left_of_worker1)"
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1 >"$WORK/start-real.log" 2>&1 ||
+    { cat "$WORK/start-real.log"; die "job_start.yml failed"; }
+revoked_before=$(stat_of revocation)
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker1 --check >"$WORK/check-teardown.log" 2>&1 ||
+    { cat "$WORK/check-teardown.log"; die "job_teardown.yml --check failed"; }
+grep -Eq 'worker1 +: ok=[0-9]+ +changed=1 ' "$WORK/check-teardown.log" ||
+    { cat "$WORK/check-teardown.log"; die "teardown in check mode did not report what it would remove"; }
+[ "$(left_of_worker1 | wc -w)" -eq 5 ] || die "teardown in check mode removed something: only $(left_of_worker1) is left"
+[ "$(stat_of revocation)" -eq "$revoked_before" ] || die "teardown in check mode revoked"
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker1 >/dev/null
+[ -z "$(left_of_worker1)" ] || die "teardown left $(left_of_worker1)"
+[ "$(stat_of revocation)" -eq $((revoked_before + 1)) ] || die "teardown after check mode did not revoke"
+echo "ok: check mode reports, changes nothing, revokes nothing"
+
 # Steps 4 and 5 check the role's input and units, which no provider takes part in: they run in the
 # node-oidc-provider pass of scripts/test integration only.
 if [ "$KIND" = node-oidc-provider ]; then
@@ -216,9 +251,8 @@ if [ "$KIND" = node-oidc-provider ]; then
     # --- 5. the systemd units ------------------------------------------------------------------------------
     say "5. the systemd units pass systemd-analyze verify"
     if command -v systemd-analyze >/dev/null 2>&1; then
-        ansible-playbook -i "$WORK/inventory.yml" "$TARGET_DIR/render_units.yml" -e "job_tokens_test_work=$WORK" \
-            -e "job_tokens_test_collection=$COLLECTION"
-        unit=oidc-tokens-refresher-oidcjob1-$ACCOUNT
+        unit=$(helper "$TARGET_DIR/render_units.py" "$WORK/units" oidcjob1 "$ACCOUNT")
+        [ "$unit" = "oidc-tokens-refresher-oidcjob1-$ACCOUNT" ] || die "the unit is named $unit"
         if ! systemd-analyze verify --man=no "$WORK/units/$unit.service" "$WORK/units/$unit.timer" >"$WORK/verify.log" 2>&1 ||
                 grep -F "$WORK/units" "$WORK/verify.log"; then
             cat "$WORK/verify.log"

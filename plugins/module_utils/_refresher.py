@@ -1,22 +1,22 @@
-#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: contributors to the oidc.tokens collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """oidc-tokens-refresher: keep a job's access token fresh in its WLCG bearer-token file.
 
-Installed on a worker by the role oidc.tokens.job_tokens, run as the job user. It hands out access
-tokens of an account that oidc.tokens.oidc_token_exchange made, with the collection's own code
-(module_utils _tokens, _account_store, _passwords, _private_files, _options and what they import, in
-one zip application with this script), and keeps an access token with at least min_valid_period
-seconds left in the bearer-token file ($XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid> or a file the user
-named), written atomically, 0600.
+The program the module oidc.tokens.oidc_refresher installs on a worker (as the __main__ of a zip
+application that holds it and, verbatim, the module_utils it imports) and runs as the job user. It
+hands out access tokens of an account that oidc.tokens.oidc_token_exchange made, with the
+collection's own token layer, and keeps an access token with at least min_valid_period seconds left
+in the bearer-token file ($XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid> or a file the user named),
+written atomically, 0600.
 
     oidc-tokens-refresher run NAME [--detach]    the refresh loop (systemd service, cron watchdog)
     oidc-tokens-refresher once NAME              one pass: make sure the file holds a valid token
     oidc-tokens-refresher token NAME [-t N]      print an access token with N seconds left (like oidc-token)
-    oidc-tokens-refresher check NAME             exit 0 when the file holds a token with min_valid_period left
+    oidc-tokens-refresher check NAME [--wait S]  exit 0 when the file holds a token with min_valid_period left
     oidc-tokens-refresher status NAME            what the refresher knows, as JSON (never a token)
     oidc-tokens-refresher stop NAME              stop the running loop of NAME
+    oidc-tokens-refresher teardown NAME          stop, revoke the refresh token, remove the account and files
 
 The configuration of account NAME (never a secret: it names a password file or command, not the
 password) is ~/.config/oidc-tokens/refresher/NAME.json of the running user (``--config`` overrides).
@@ -59,6 +59,11 @@ import sys
 import time
 import traceback
 
+from ansible_collections.oidc.tokens.plugins.module_utils import (
+    _account_names, _account_store, _options, _passwords, _private_files, _tokens)
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
+    AccountNotFoundError, OidcTokensError, PasswordSourceError, WrongPasswordError)
+
 PROG = 'oidc-tokens-refresher'
 CONFIG_VERSION = 1
 
@@ -77,20 +82,6 @@ DEFAULTS = {
     'lifetime_end': None,
     'provider': {},
 }
-
-
-# Installed, this program is the __main__ of a zip application that also holds the collection's
-# module_utils (on sys.path already); run from a checkout, $OIDC_TOKENS_LIB names a directory with them.
-if os.environ.get('OIDC_TOKENS_LIB'):
-    sys.path.insert(0, os.environ['OIDC_TOKENS_LIB'])
-try:
-    from ansible_collections.oidc.tokens.plugins.module_utils import (
-        _account_names, _account_store, _options, _passwords, _private_files, _tokens)
-    from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
-        AccountNotFoundError, OidcTokensError, PasswordSourceError, WrongPasswordError)
-except ImportError as _exc:  # pragma: no cover - an installation problem, reported plainly
-    sys.stderr.write('%s: cannot import the oidc.tokens module_utils from %s: %s\n' % (PROG, sys.path[0], _exc))
-    sys.exit(EXIT_FAILED)
 
 
 log = logging.getLogger(PROG)
@@ -125,27 +116,38 @@ def _check_private(path, what):
                           % (what, path, stat.S_IMODE(st.st_mode)))
 
 
-def load_config(name, path=None):
-    _account_names.validate_name(name)
-    path = path or default_config_path(name)
+def read_config(path):
+    """The JSON object in the configuration file ``path`` (a private file of the running user), or None."""
     try:
         _check_private(path, 'The configuration')
         _check_private(os.path.dirname(os.path.abspath(path)), 'The configuration directory')
         with open(path, encoding='utf-8') as handle:
-            data = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
-        raise ConfigError('No refresher configuration for account %r: %s does not exist (the role '
-                          'oidc.tokens.job_tokens writes it at start).' % (name, path))
+        return None
     except (OSError, ValueError) as exc:
         raise ConfigError('Cannot read the refresher configuration %s: %s' % (path, exc))
+
+
+def load_config(name, path=None):
+    _account_names.validate_name(name)
+    path = path or default_config_path(name)
+    data = read_config(path)
+    if data is None:
+        raise ConfigError('No refresher configuration for account %r: %s does not exist (the module '
+                          'oidc.tokens.oidc_refresher writes it).' % (name, path))
+    return make_config(name, path, data)
+
+
+def make_config(name, path, data):
+    """The refresher's configuration from the file's ``data``: defaults filled in, values checked."""
     if not isinstance(data, dict):
         raise ConfigError('The refresher configuration %s is not a JSON object.' % path)
     config = dict(DEFAULTS)
     config.update(data)
     config['name'] = name
     config['path'] = path
-    with open(path, 'rb') as handle:
-        config['digest'] = hashlib.sha256(handle.read()).hexdigest()[:16]
+    config['digest'] = config_digest(data)
     if config.get('version', CONFIG_VERSION) != CONFIG_VERSION:
         raise ConfigError('The refresher configuration %s has version %r; this refresher reads version %d.'
                           % (path, config.get('version'), CONFIG_VERSION))
@@ -176,12 +178,23 @@ def load_config(name, path=None):
     return config
 
 
+def config_digest(data):
+    """What tells two configurations apart (a loop started with another one is replaced)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode('utf-8')).hexdigest()[:16]
+
+
 def state_path(config, suffix):
     return os.path.join(config['state_dir'], '%s.%s' % (config['name'], suffix))
 
 
 def ensure_dir(path):
     os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def say(text):
+    """A line on stdout, flushed (the detaching parent leaves with os._exit, which flushes nothing)."""
+    sys.stdout.write(text + '\n')
+    sys.stdout.flush()
 
 
 # --- logging -----------------------------------------------------------------------------------
@@ -575,14 +588,14 @@ def _detach():
     if pid:
         os.close(write_end)
         os.waitpid(pid, 0)
-        ready, _, _ = select.select([read_end], [], [], 30)
-        report = os.read(read_end, 200).decode('ascii', 'replace').strip() if ready else ''
+        readable = select.select([read_end], [], [], 30)[0]
+        report = os.read(read_end, 200).decode('ascii', 'replace').strip() if readable else ''
         os.close(read_end)
         if report.startswith(('started ', 'restarted ')):
-            print(report)
+            say(report)
             os._exit(EXIT_OK)
         if report.startswith('running '):
-            print('already running %s' % report.split()[1])
+            say('already running %s' % report.split()[1])
             os._exit(EXIT_OK)
         sys.stderr.write('%s: the refresh loop did not start%s; see its log.\n'
                          % (PROG, (': ' + report) if report else ''))
@@ -677,7 +690,7 @@ def _transient_failure(config, refresher, exc, delay):
         refresher.forget_password()   # read it again next time: the file may have been fixed
     valid_for, _token, _unsafe = token_file_report(config)    # a file not ours: exc says so, or will next time
     if valid_for is not None and valid_for > 0:
-        keep = 'keeping the current access token, valid for %d s more' % valid_for
+        keep = 'keeping the current access token, valid for %d s more' % int(valid_for)
     else:
         keep = 'there is no valid access token to keep'
         if valid_for is not None:
@@ -731,12 +744,11 @@ def cmd_token(config, args):
     return EXIT_OK
 
 
-def cmd_check(config, args):
-    wanted = config['min_valid_period'] if args.min_valid_period is None else args.min_valid_period
+def readiness(config, wanted):
+    """(True, 'ok: ...') when the bearer-token file holds a token of ours valid for ``wanted`` s, else (False, why)."""
     valid_for, token, unsafe = token_file_report(config)
     if valid_for is not None and valid_for >= wanted:
-        print('ok: %s holds an access token valid for %d s' % (config['token_file'], valid_for))
-        return EXIT_OK
+        return True, 'ok: %s holds an access token valid for %d s' % (config['token_file'], int(valid_for))
     state = read_state(config)
     if unsafe:
         why = unsafe
@@ -748,7 +760,26 @@ def cmd_check(config, args):
         why = 'the token in %s is valid for %d s only' % (config['token_file'], max(0, valid_for))
     if state.get('last_error'):
         why += '; last error: %s' % state['last_error']
-    sys.stderr.write('%s: %s: not ready: %s (wanted %d s)\n' % (PROG, config['name'], why, wanted))
+    return False, '%s: not ready: %s (wanted %d s)' % (config['name'], why, wanted)
+
+
+def wait_ready(config, wanted, timeout):
+    """readiness(), asked every 0.2 s until it is ready or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready, text = readiness(config, wanted)
+        if ready or time.monotonic() >= deadline:
+            return ready, text
+        time.sleep(0.2)
+
+
+def cmd_check(config, args):
+    wanted = config['min_valid_period'] if args.min_valid_period is None else args.min_valid_period
+    ready, text = wait_ready(config, wanted, args.wait)
+    if ready:
+        say(text)
+        return EXIT_OK
+    sys.stderr.write('%s: %s\n' % (PROG, text))
     return EXIT_FAILED
 
 
@@ -770,7 +801,7 @@ def cmd_status(config, args):
         'last_error': state.get('last_error'),
         'log_file': config['log_file'],
     }
-    print(json.dumps(out, indent=1, sort_keys=True))
+    say(json.dumps(out, indent=1, sort_keys=True))
     return EXIT_OK
 
 
@@ -819,12 +850,70 @@ def cmd_stop(config, args):
     if what == 'unknown pid':
         sys.stderr.write('%s: the loop of %r holds its lock but its pid is unknown.\n' % (PROG, config['name']))
         return EXIT_FAILED
-    print(what if pid is None else '%s %d' % (what, pid))
+    say(what if pid is None else '%s %d' % (what, pid))
     return EXIT_OK
 
 
+def _remove_or_report(path, what, why, left_behind, links=False):
+    """remove_own_file, adding ``path`` to ``left_behind`` when something is there that is not ours to remove."""
+    removed = remove_own_file(path, what, why, links=links)
+    if not removed and os.path.lexists(path):
+        left_behind.append(path)
+    return removed
+
+
+def teardown(config, force=False, keep_logs=True, password=None):
+    """End the job's tokens, as the job user: stop the loop, revoke and delete the account, remove the files.
+
+    The bearer-token file always goes. The account, the password file the role wrote and the
+    configuration go once the refresh token was revoked (or there was none, or ``force``); when the
+    revocation fails they are kept so that teardown can run again, and 'error' says why. Returns
+    {'stopped', 'existed', 'revoked', 'removed' (paths), 'left_behind' (paths another user's file
+    holds), 'warnings', 'error'}.
+    """
+    outcome = {'existed': False, 'revoked': False, 'removed': [], 'left_behind': [], 'warnings': [], 'error': None}
+    pid, outcome['stopped'] = stop_running(config, 15)
+    refresher = Refresher(config)
+    refresher._password = password
+    store, name = refresher.store, config['name']
+    if store.exists(name):
+        outcome['existed'] = True
+        try:
+            done = _tokens.revoke_account(store, name, refresher.password(), refresher.client_for, force=force)
+        except OidcTokensError as exc:
+            if not force or isinstance(exc, _tokens.RevocationError):
+                outcome['error'] = str(exc)
+            else:   # the password is gone or wrong: removed unrevoked, as asked
+                outcome['warnings'].append('Account %r could not be read (%s); it was removed without revoking its '
+                                           'refresh token because force is set.' % (name, exc))
+                store.delete(name)
+                outcome['removed'].append(store.path(name))
+        else:
+            outcome['revoked'] = done['revoked']
+            outcome['warnings'].extend(done['warnings'])
+            outcome['removed'].append(store.path(name))
+    paths = [(config['token_file'], 'the bearer-token file', True)]
+    if outcome['error'] is None:
+        if config.get('password_file_managed') and config.get('password_file'):
+            paths.append((config['password_file'], 'the password file', False))
+        paths.append((config['path'], 'the refresher configuration', False))
+    suffixes = ('pid', 'state.json', 'done') + (() if keep_logs else ('log', 'log.1'))
+    paths.extend((state_path(config, suffix), 'the refresher state', False) for suffix in suffixes)
+    for path, what, links in paths:
+        if _remove_or_report(path, what, 'teardown', outcome['left_behind'], links=links):
+            outcome['removed'].append(path)
+    return outcome
+
+
+def cmd_teardown(config, args):
+    setup_logging(config, verbose=args.verbose)
+    outcome = teardown(config, force=args.force, keep_logs=not args.remove_logs)
+    say(json.dumps(outcome, indent=1, sort_keys=True))
+    return EXIT_FAILED if outcome['error'] or outcome['left_behind'] else EXIT_OK
+
+
 COMMANDS = {'run': cmd_run, 'once': cmd_once, 'token': cmd_token, 'check': cmd_check, 'status': cmd_status,
-            'stop': cmd_stop}
+            'stop': cmd_stop, 'teardown': cmd_teardown}
 
 
 def parse_args(argv):
@@ -842,9 +931,14 @@ def parse_args(argv):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument('-t', '--min-valid-period', type=int, metavar='SECONDS',
                          help='seconds the token must still be valid (default: the configured min_valid_period)')
+    sub.choices['check'].add_argument('--wait', type=float, default=0, metavar='SECONDS',
+                                      help='wait up to SECONDS for the token (default 0: answer at once)')
     sub.add_parser('status', help='print what the refresher knows, as JSON (never a token)')
     stop = sub.add_parser('stop', help='stop the running refresh loop')
     stop.add_argument('--timeout', type=float, default=15, help='seconds to wait before SIGKILL (default 15)')
+    end = sub.add_parser('teardown', help='stop, revoke the refresh token, remove the account and the files')
+    end.add_argument('--force', action='store_true', help='remove the account even when the revocation fails')
+    end.add_argument('--remove-logs', action='store_true', help='remove the log files too')
     for cmd in sub.choices.values():
         cmd.add_argument('name', metavar='NAME', help='the account name')
     return parser.parse_args(argv)
@@ -863,7 +957,3 @@ def main(argv=None):
     except UnsafeFileError as exc:   # the state or pid file is not ours
         sys.stderr.write('%s: %s: %s\n' % (PROG, config['name'], exc))
         return EXIT_FAILED
-
-
-if __name__ == '__main__':
-    sys.exit(main())
