@@ -191,9 +191,6 @@ _raw:
   elements: raw
 '''
 
-import os
-import time
-
 from ansible import constants as C
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
@@ -207,9 +204,7 @@ except ImportError:  # ansible-core < 2.19
 # Nothing heavy is imported here: a cache hit must stay cheap in every worker process. requests,
 # PyNaCl and the collection's OAuth and store code are imported on a miss, jmespath only for ``query``.
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
-from ansible_collections.oidc.tokens.plugins.module_utils._account_names import default_config_dir
-from ansible_collections.oidc.tokens.plugins.module_utils import _lookup_cache_files as cache_files
-from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
+from ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_cache import TokenCache
 
 display = Display()
 
@@ -253,6 +248,7 @@ def query_needs_claims(parsed):
 
 
 class LookupModule(LookupBase):
+    """Options in, one call to the token cache per account, the token (or the query's part of it) out."""
 
     def run(self, terms, variables=None, **kwargs):
         # set_options drops unknown keywords silently: a typo (min_valid_perod=600) must not fall back to a default.
@@ -260,26 +256,34 @@ class LookupModule(LookupBase):
         if unknown:
             raise AnsibleError('The lookup oidc.tokens.oidc_token has no option %s.' % ', '.join(unknown))
         self.set_options(var_options=self._option_vars(variables), direct=kwargs)
+        get = self.get_option
 
-        query = self.get_option('query')
+        query = get('query')
         compiled = _compile_query(query) if query else None
         claims = None
         if compiled is not None and query_needs_claims(compiled.parsed):
-            claims = 'verify' if self.get_option('verify') else 'decode'
+            claims = 'verify' if get('verify') else 'decode'
+        cache = TokenCache(get('cache_dir'), enabled=get('cache'), warn=display.warning)
+        selectors = dict((option, get(option)) for option in ('scope', 'audience', 'resource', 'issuer', 'client_id'))
 
         results = []
         for term in terms:
             if not isinstance(term, str) or not term:
                 raise AnsibleError('The lookup oidc.tokens.oidc_token takes account names, not %r.' % (term,))
+            name = str(term)
+
+            def fetch(force, claims_mode, name=name):
+                return self._fetch(name, force, claims_mode)
+
             try:
-                token = self.token(str(term), claims)
+                token = cache.token(get('config_dir'), name, fetch, get('min_valid_period'), get('force'), claims,
+                                    selectors)
             except OidcTokensError as exc:
                 raise AnsibleError(str(exc)) from None
             if compiled is None:
                 results.append(token['access_token'])
             else:
-                data = dict((field, token.get(field)) for field in QUERY_FIELDS)
-                results.append(compiled.search(data))
+                results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
         return results
 
     def _option_vars(self, variables):
@@ -306,71 +310,8 @@ class LookupModule(LookupBase):
             options[name] = value
         return options
 
-    # -- the cache -------------------------------------------------------------------------------
-
-    def token(self, name, claims=None):
-        """The token dict of account ``name``: from the cache, or fetched under the account's cache lock."""
-        force = self.get_option('force')
-        min_valid_period = self.get_option('min_valid_period')
-        if not self.get_option('cache') or not cache_mod.cacheable_name(name):
-            # An invalid name goes straight to the store, which says what is wrong with it.
-            return self._fetch(name, force, claims or 'decode')
-
-        config_dir = default_config_dir(self.get_option('config_dir'))
-        account_path = os.path.join(config_dir, name)
-        account = cache_files.account_id(config_dir, name)
-        key = cache_mod.entry_key(self.get_option('scope'), self.get_option('audience'), self.get_option('resource'),
-                                  self.get_option('issuer'), self.get_option('client_id'))
-        cache = cache_mod.TokenCache(self.get_option('cache_dir') or cache_files.default_cache_dir())
-
-        stamp = cache_mod.account_stamp(account_path)
-        if stamp is None:
-            # No account file (or not a regular file): the store says what is wrong, and the cache
-            # directory and lock are not created for an account that is not there.
-            return self._fetch(name, force, claims or 'decode')
-        if not force:
-            entry = cache.read(account, key)
-            if cache_mod.usable(entry, time.time(), min_valid_period, stamp, claims):
-                return entry
-
-        with cache.locked(account, name):
-            if not force:
-                # Another worker may have filled the entry while this one waited for the lock.
-                entry = cache.read(account, key)
-                if cache_mod.usable(entry, time.time(), min_valid_period, cache_mod.account_stamp(account_path),
-                                    claims):
-                    return entry
-            before = cache_mod.account_stamp(account_path)
-            # Claims are at least decoded (free for a JWT) so that a later query on them is a hit too.
-            claims_mode = claims or 'decode'
-            result = self._fetch(name, force, claims_mode)
-            after = cache_mod.account_stamp(account_path)
-            entry = cache_mod.make_entry(name, config_dir, result, after, claims_mode)
-            try:
-                if after is not None and isinstance(entry['expires_at'], (int, float)):
-                    cache.write(account, key, entry)
-                    if not self.get_option('cache_dir') and cache_files.runtime_cache_dir() is None:
-                        display.warning('The lookup oidc.tokens.oidc_token keeps access tokens in %s, on a disk: '
-                                        'there is no XDG_RUNTIME_DIR. Set cache_dir (ansible.cfg [oidc_tokens] '
-                                        'cache_dir, or OIDC_TOKENS_CACHE_DIR) to a directory on a tmpfs, or '
-                                        'cache=false.' % cache.directory)
-                else:
-                    cache.remove(account, key)
-                if result.get('refreshed') and before is not None and after is not None and before != after:
-                    # This worker rotated the refresh token: the account's other entries stay valid.
-                    cache.restamp(account, before, after, skip_key=key)
-                cache.prune(account)
-            except (OSError, cache_mod.TokenCacheError) as exc:
-                # The token is good and the account already saved: a cache that cannot be written costs
-                # the next hosts a refresh each, not this one its token.
-                display.warning('The token of account %r was not kept in the cache %s: %s'
-                                % (name, cache.directory, getattr(exc, 'strerror', None) or exc))
-            return entry
-
-    # -- a miss ----------------------------------------------------------------------------------
-
     def _fetch(self, name, force, claims):
-        """Ask the account store (and the provider if need be), as the module oidc_token does."""
+        """A miss: ask the account store (and the provider if need be), as the module oidc_token does."""
         from ansible_collections.oidc.tokens.plugins.module_utils import _account_file, _oauth, _options, _tokens
 
         if _oauth.requests_import_error() is not None:

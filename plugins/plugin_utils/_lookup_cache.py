@@ -21,6 +21,10 @@ Layout, in one directory of the controller user (``default_cache_dir()``), mode 
     workers wait for one refresh instead of racing a rotating refresh token. Removed again by a
     worker that leaves no entry of the account (a failed lookup writes nothing).
 
+The lookup makes one call, ``TokenCache.token()``: an entry that is usable now, or else, under the
+account's lock, the entry another worker filled meanwhile, or else what the lookup's ``fetch``
+callable gets (it asks the shared token layer, ``_tokens.access_token``), kept as the new entry.
+
 An entry is used while ``expires_at - now >= min_valid_period`` and while the account file is the
 one it came from: a revoked (deleted), replaced or otherwise rewritten account invalidates it. The
 lookup itself rewrites the account when a refresh rotates the refresh token; it then moves the
@@ -42,10 +46,11 @@ import os
 import stat
 import time
 
-from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import default_config_dir, validate_name
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
     InvalidAccountNameError, OidcTokensError, PrivatePathError)
-from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import ENTRY_SUFFIX, digest as _digest
+from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import (
+    ENTRY_SUFFIX, account_id, default_cache_dir, digest as _digest, runtime_cache_dir)
 from ansible_collections.oidc.tokens.plugins.module_utils._private_files import (
     FILE_MODE, TMP_INFIX, create_temp_file, ensure_private_dir, lock_file, replace_with_temp_file)
 
@@ -159,11 +164,87 @@ def make_entry(name, config_dir, result, stamp, claims_mode, now=None):
 
 
 class TokenCache(object):
-    """Entries and locks in one directory of the controller user."""
+    """Entries and locks in one directory of the controller user.
 
-    def __init__(self, directory, lock_timeout=LOCK_TIMEOUT):
-        self.directory = os.path.abspath(os.path.expanduser(str(directory)))
+    ``directory``: the lookup's ``cache_dir``; when not set, ``default_cache_dir()``, and a cache
+    that is then on a disk (no XDG_RUNTIME_DIR) says so through ``warn`` each time it writes a
+    token. ``enabled=False`` (the lookup's ``cache=false``): ``token()`` only fetches.
+    ``warn``: a callable taking a message (the lookup's ``display.warning``).
+    """
+
+    def __init__(self, directory=None, lock_timeout=LOCK_TIMEOUT, enabled=True, warn=None):
+        self.on_disk_by_default = not directory and runtime_cache_dir() is None
+        self.directory = os.path.abspath(os.path.expanduser(str(directory or default_cache_dir())))
         self.lock_timeout = lock_timeout
+        self.enabled = enabled
+        self.warn = warn or (lambda message: None)
+
+    # -- the one entry point ---------------------------------------------------------------------
+
+    def token(self, config_dir, name, fetch, min_valid_period=0, force=False, claims=None, selectors=None):
+        """The token of account ``name`` of ``config_dir`` (None: the default): a dict with
+        ``access_token``, ``expires_at``, ``issuer``, ``scope`` and ``claims``.
+
+        A usable entry when there is one (unless ``force``); else, under the account's lock, the
+        entry another worker filled while this one waited, or what ``fetch(force, claims_mode)``
+        returns (``_tokens.access_token``'s dict), kept as the entry. ``claims``: None, 'decode' or
+        'verify', what the caller needs of the claims; ``selectors``: scope, audience, resource,
+        issuer and client_id as given (see ``entry_key``). ``fetch`` is called at most once.
+
+        A hit reads one file and imports nothing. Without the cache, for a name the store would
+        refuse, or when there is no account file, ``fetch`` is called at once: the store says what
+        is wrong, and no directory or lock is made for an account that is not there.
+        """
+        if not self.enabled or not cacheable_name(name):
+            return fetch(force, claims or 'decode')
+        config_dir = default_config_dir(config_dir)
+        account_path = os.path.join(config_dir, name)
+        stamp = account_stamp(account_path)
+        if stamp is None:
+            return fetch(force, claims or 'decode')
+        account = account_id(config_dir, name)
+        key = entry_key(**(selectors or {}))
+        if not force:
+            entry = self.read(account, key)
+            if usable(entry, time.time(), min_valid_period, stamp, claims):
+                return entry
+
+        with self.locked(account, name):
+            if not force:
+                # Another worker may have filled the entry while this one waited for the lock.
+                entry = self.read(account, key)
+                if usable(entry, time.time(), min_valid_period, account_stamp(account_path), claims):
+                    return entry
+            return self._fill(config_dir, name, account, key, fetch, force, claims)
+
+    def _fill(self, config_dir, name, account, key, fetch, force, claims):
+        """Fetch under the account's lock and keep the result; a cache that cannot be written is a warning."""
+        account_path = os.path.join(config_dir, name)
+        before = account_stamp(account_path)
+        # Claims are at least decoded (free for a JWT) so that a later query on them is a hit too.
+        claims_mode = claims or 'decode'
+        result = fetch(force, claims_mode)
+        after = account_stamp(account_path)
+        entry = make_entry(name, config_dir, result, after, claims_mode)
+        try:
+            if after is not None and isinstance(entry['expires_at'], (int, float)):
+                self.write(account, key, entry)
+                if self.on_disk_by_default:
+                    self.warn('The lookup oidc.tokens.oidc_token keeps access tokens in %s, on a disk: there is no '
+                              'XDG_RUNTIME_DIR. Set cache_dir (ansible.cfg [oidc_tokens] cache_dir, or '
+                              'OIDC_TOKENS_CACHE_DIR) to a directory on a tmpfs, or cache=false.' % self.directory)
+            else:
+                self.remove(account, key)
+            if result.get('refreshed') and before is not None and after is not None and before != after:
+                # This worker rotated the refresh token: the account's other entries stay valid.
+                self.restamp(account, before, after, skip_key=key)
+            self.prune(account)
+        except (OSError, TokenCacheError) as exc:
+            # The token is good and the account already saved: a cache that cannot be written costs
+            # the next hosts a refresh each, not this one its token.
+            self.warn('The token of account %r was not kept in the cache %s: %s'
+                      % (name, self.directory, getattr(exc, 'strerror', None) or exc))
+        return entry
 
     def entry_path(self, account, key):
         return os.path.join(self.directory, '%s-%s%s' % (account, key, ENTRY_SUFFIX))
