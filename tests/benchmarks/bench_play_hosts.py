@@ -10,6 +10,10 @@ provider saw and the Argon2id derivations made.
     python3 tests/benchmarks/bench_play_hosts.py [--hosts 500] [--forks 20] [--runs 3]
                                                  [--module ansible.builtin.debug] [--out FILE.json]
 
+Each overhead is given twice: in wall time, and in CPU time (user and system, of ansible-playbook and
+every worker it forked, from getrusage of this process's children): the wall time follows the load of
+anything else on the machine, the CPU time hardly.
+
 The three plays alternate within every run, in a rotating order (floor, env, ours; env, ours, floor;
 ...), so that a drift of the machine's load falls on all three alike; each lookup's overhead is taken
 against the floor of the same run. Every run with our lookup starts from an account freshly exchanged
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -46,14 +51,24 @@ def data(args, runs, figures, ratios):
                            'account': 'freshly exchanged before every run, no kept access token'}}
 
 
-def per_host(args, runs, variant):
-    return [(r['seconds'] - f['seconds']) / args.hosts for r, f in zip(runs[variant], runs['floor'])]
+def per_host(args, runs, variant, measure='seconds'):
+    return [(r[measure] - f[measure]) / args.hosts for r, f in zip(runs[variant], runs['floor'])]
+
+
+def ratios_per_run(ours, env):
+    return [o / e for o, e in zip(ours, env) if e > 0]
+
+
+def children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def report(args, runs, final=True):
     """Figures of the runs so far; printed at the end, written (also after every run) with --out."""
     seconds = dict((v, [r['seconds'] for r in runs[v]]) for v in VARIANTS)
     ours, env = per_host(args, runs, 'ours'), per_host(args, runs, 'env')
+    ours_cpu, env_cpu = per_host(args, runs, 'ours', 'cpu_seconds'), per_host(args, runs, 'env', 'cpu_seconds')
     figures = {
         # The names of the earlier two-way benchmark are kept: "with" is our lookup, "without" the floor.
         'play_with_lookup_s': _common.summary(seconds['ours'], 1, 1),
@@ -61,8 +76,11 @@ def report(args, runs, final=True):
         'play_env_lookup_s': _common.summary(seconds['env'], 1, 1),
         'overhead_per_host_ms': _common.summary(ours, 1000, 2),
         'env_overhead_per_host_ms': _common.summary(env, 1000, 2),
-        'overhead_ratio_ours_vs_env_per_run': _common.summary(
-            [o / e for o, e in zip(ours, env) if e > 0], 1, 2),
+        'overhead_ratio_ours_vs_env_per_run': _common.summary(ratios_per_run(ours, env), 1, 2),
+        'play_cpu_s': dict((v, _common.summary([r['cpu_seconds'] for r in runs[v]], 1, 1)) for v in VARIANTS),
+        'cpu_overhead_per_host_ms': _common.summary(ours_cpu, 1000, 2),
+        'env_cpu_overhead_per_host_ms': _common.summary(env_cpu, 1000, 2),
+        'cpu_overhead_ratio_ours_vs_env_per_run': _common.summary(ratios_per_run(ours_cpu, env_cpu), 1, 2),
         'provider_token_requests_per_run': _common.summary([r['token_requests'] for r in runs['ours']], 1, 0),
         'provider_refreshes_per_run': _common.summary([r['refreshes'] for r in runs['ours']], 1, 0),
         'provider_discovery_requests_per_run': _common.summary([r['discovery_requests'] for r in runs['ours']], 1, 0),
@@ -73,7 +91,9 @@ def report(args, runs, final=True):
     ratios = {'with_vs_without': _common.ratio(figures['play_with_lookup_s']['median'],
                                                figures['play_without_lookup_s']['median'], 3),
               'overhead_ours_vs_env': _common.ratio(figures['overhead_per_host_ms']['median'],
-                                                    figures['env_overhead_per_host_ms']['median'], 2)}
+                                                    figures['env_overhead_per_host_ms']['median'], 2),
+              'cpu_overhead_ours_vs_env': _common.ratio(figures['cpu_overhead_per_host_ms']['median'],
+                                                        figures['env_cpu_overhead_per_host_ms']['median'], 2)}
     if not final:
         _common.write(args.out, 'play_hosts', data(args, runs, figures, ratios), quiet=True)
         return
@@ -87,6 +107,15 @@ def report(args, runs, final=True):
     _common.line('ratio ours / env of the per-host overheads, per run',
                  figures['overhead_ratio_ours_vs_env_per_run'], '')
     print('  ratio ours / env of the median per-host overheads  %s' % ratios['overhead_ours_vs_env'])
+    for variant, label in (('floor', 'floor'), ('env', 'ansible.builtin.env'), ('ours', 'oidc.tokens.oidc_token')):
+        _common.line('CPU time of the play, %s' % label, figures['play_cpu_s'][variant], 's')
+    _common.line('per-host CPU overhead, ansible.builtin.env', figures['env_cpu_overhead_per_host_ms'],
+                 'ms')
+    _common.line('per-host CPU overhead, oidc.tokens.oidc_token', figures['cpu_overhead_per_host_ms'],
+                 'ms')
+    _common.line('ratio ours / env of the per-host CPU overheads, per run',
+                 figures['cpu_overhead_ratio_ours_vs_env_per_run'], '')
+    print('  ratio ours / env of the median per-host CPU overheads  %s' % ratios['cpu_overhead_ours_vs_env'])
     _common.line('provider refreshes per run (oidc_token)', figures['provider_refreshes_per_run'], '')
     _common.line('provider token requests per run (oidc_token)', figures['provider_token_requests_per_run'], '')
     _common.line('provider discovery requests per run (oidc_token)', figures['provider_discovery_requests_per_run'],
@@ -143,21 +172,22 @@ def main():
                         exchange_account(op, config_dir, 'bench', PASSWORD, keep_access_token=False)
                     if os.path.exists(counter):
                         os.unlink(counter)
-                    before = stat_counts(op)
+                    before, cpu_before = stat_counts(op), children_cpu_seconds()
                     run = ansible.playbook(plays[variant], inventory=inventory, forks=args.forks, timeout=7200)
-                    after = stat_counts(op)
+                    after, cpu = stat_counts(op), children_cpu_seconds() - cpu_before
                     ok = sum(1 for r in run.results if r['status'] == 'ok')
                     if run.rc != 0 or ok != args.hosts:
                         raise RuntimeError('run failed (rc %s, %d ok): %s' % (run.rc, ok, run.stdout[-3000:]))
                     runs[variant].append({
                         'seconds': run.seconds,
+                        'cpu_seconds': cpu,
                         'token_requests': after['all_token_requests'] - before['all_token_requests'],
                         'refreshes': after['refresh'] - before['refresh'],
                         'discovery_requests': after['discovery'] - before['discovery'],
                         'argon2id_derivations': _common.kdf_count(counter),
                     })
-                    print('  run %d %-6s %7.1f s  %d derivations, %d refreshes, %d token requests' % (
-                        index + 1, variant, run.seconds, runs[variant][-1]['argon2id_derivations'],
+                    print('  run %d %-6s %7.1f s (CPU %6.1f s)  %d derivations, %d refreshes, %d token requests' % (
+                        index + 1, variant, run.seconds, cpu, runs[variant][-1]['argon2id_derivations'],
                         runs[variant][-1]['refreshes'], runs[variant][-1]['token_requests']), flush=True)
                 report(args, runs, final=False)
     finally:
