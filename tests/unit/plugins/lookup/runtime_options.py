@@ -28,10 +28,7 @@ def documented_options():
     from ansible_collections.oidc.tokens.plugins.lookup import oidc_token
 
     path = os.path.abspath(oidc_token.__file__)
-    with open(path, encoding='utf-8') as handle:
-        source = handle.read()
-    # The DOCUMENTATION literal as written in the file (the module's attribute is the same string).
-    doc = yaml.load(source.split("\nDOCUMENTATION = r'''\n", 1)[1].split("\n'''\n", 1)[0], Loader=AnsibleLoader)
+    doc = yaml.load(oidc_token.DOCUMENTATION, Loader=AnsibleLoader)
     add_fragments(doc, path, fragment_loader=fragment_loader, is_module=False)
     return json.loads(json.dumps(doc['options'], sort_keys=True))
 
