@@ -47,15 +47,20 @@ def main():
     work = tempfile.mkdtemp(prefix='bench-lookup-')
     try:
         with Provider(workdir=os.path.join(work, 'provider'), at_ttl=3600) as op:
-            from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _tokens
-            exchanger = op.client('oidc-tokens-exchanger')
-            client = _oauth.OAuthClient(op.issuer, exchanger['client_id'], exchanger['client_secret'])
-            token = _tokens.exchange(client, op.user_access_token(), scope=['openid', 'offline_access', 'compute.read'])
-            account = _tokens.build_account('bench', client.issuer, client.client_id, exchanger['client_secret'],
-                                            token.refresh_token, token.scope)
-            account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at})
             config_dir = os.path.join(work, 'accounts')
-            _account_store.AccountStore(config_dir).save('bench', account, 'bench password')
+
+            def make_account():
+                """In a child, so that this process (the workers' parent) imports none of the collection's files."""
+                from ansible_collections.oidc.tokens.plugins.module_utils import _account_store, _oauth, _tokens
+                exchanger = op.client('oidc-tokens-exchanger')
+                client = _oauth.OAuthClient(op.issuer, exchanger['client_id'], exchanger['client_secret'])
+                token = _tokens.exchange(client, op.user_access_token(), scope=['openid', 'offline_access', 'compute.read'])
+                account = _tokens.build_account('bench', client.issuer, client.client_id, exchanger['client_secret'],
+                                                token.refresh_token, token.scope)
+                account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at})
+                _account_store.AccountStore(config_dir).save('bench', account, 'bench password')
+
+            _common.in_fork(make_account)
 
             common = {'config_dir': config_dir, 'cache_dir': os.path.join(work, 'cache'),
                       'encryption_password': 'bench password', 'min_valid_period': 60}
