@@ -192,8 +192,7 @@ _raw:
   elements: raw
 '''
 
-import os
-import time
+import json
 
 from ansible import constants as C
 from ansible.errors import AnsibleError
@@ -206,11 +205,10 @@ except ImportError:  # ansible-core < 2.19
     AnsibleValueOmittedError = None
 
 # Nothing heavy is imported here: a cache hit must stay cheap in every worker process. requests,
-# PyNaCl and the collection's OAuth and store code are imported on a miss, jmespath only for ``query``.
+# PyNaCl and the collection's OAuth and store code are imported on a miss (_lookup_miss.fetch_token),
+# jmespath only for ``query``.
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
-from ansible_collections.oidc.tokens.plugins.module_utils._account_names import default_config_dir
-from ansible_collections.oidc.tokens.plugins.module_utils import _lookup_cache_files as cache_files
-from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
+from ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_cache import TokenCache
 
 display = Display()
 
@@ -254,6 +252,7 @@ def query_needs_claims(parsed):
 
 
 class LookupModule(LookupBase):
+    """Options in, one call to the token cache per account, the token (or the query's part of it) out."""
 
     def run(self, terms, variables=None, **kwargs):
         # set_options drops unknown keywords silently: a typo (min_valid_perod=600) must not fall back to a default.
@@ -261,26 +260,35 @@ class LookupModule(LookupBase):
         if unknown:
             raise AnsibleError('The lookup oidc.tokens.oidc_token has no option %s.' % ', '.join(unknown))
         self.set_options(var_options=self._option_vars(variables), direct=kwargs)
+        get = self.get_option
 
-        query = self.get_option('query')
+        query = get('query')
         compiled = _compile_query(query) if query else None
         claims = None
         if compiled is not None and query_needs_claims(compiled.parsed):
-            claims = 'verify' if self.get_option('verify') else 'decode'
+            claims = 'verify' if get('verify') else 'decode'
+        cache = TokenCache(get('cache_dir'), enabled=get('cache'), warn=display.warning)
+        selectors = dict((option, get(option)) for option in ('scope', 'audience', 'resource', 'issuer', 'client_id'))
 
         results = []
         for term in terms:
             if not isinstance(term, str) or not term:
                 raise AnsibleError('The lookup oidc.tokens.oidc_token takes account names, not %r.' % (term,))
+            name = str(term)
+
+            def fetch(force, claims_mode, name=name):   # a miss: the shared token layer, _tokens.access_token
+                from ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_miss import fetch_token
+                return fetch_token(get, name, force, claims_mode, display.warning)
+
             try:
-                token = self.token(str(term), claims)
+                token = cache.token(get('config_dir'), name, fetch, get('min_valid_period'), get('force'), claims,
+                                    selectors)
             except OidcTokensError as exc:
                 raise AnsibleError(str(exc)) from None
             if compiled is None:
                 results.append(token['access_token'])
             else:
-                data = dict((field, token.get(field)) for field in QUERY_FIELDS)
-                results.append(compiled.search(data))
+                results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
         return results
 
     def _option_vars(self, variables):
@@ -307,88 +315,92 @@ class LookupModule(LookupBase):
             options[name] = value
         return options
 
-    # -- the cache -------------------------------------------------------------------------------
 
-    def token(self, name, claims=None):
-        """The token dict of account ``name``: from the cache, or fetched under the account's cache lock."""
-        force = self.get_option('force')
-        min_valid_period = self.get_option('min_valid_period')
-        if not self.get_option('cache') or not cache_mod.cacheable_name(name):
-            # An invalid name goes straight to the store, which says what is wrong with it.
-            return self._fetch(name, force, claims or 'decode')
+# Ansible learns a lookup's options from its DOCUMENTATION: in every worker process it forks (one per host and task),
+# its plugin loader parses that YAML and the doc fragments it extends (ansible/plugins/loader.py, _load_config_defs),
+# which cost more than all the rest of a cache hit. It skips that when the plugin's definitions are known already,
+# so the plugin registers them itself when it is imported: the same options, merged with the fragments and kept as
+# JSON below. ansible-doc and the sanity tests read DOCUMENTATION from this file's source as before, and
+# ansible-config gets the same definitions (with their descriptions). The defaults hold no templates, so the trust
+# tags the loader gives parsed documentation are not needed. tests/unit/plugins/lookup/runtime_options.py writes
+# the block; test_runtime_options_are_the_documented_ones fails when it differs from what the loader would parse.
+_OPTIONS_JSON = (
+    '{"_terms":{"description":["Names of accounts in O(config_dir) on the controller."],"elements":"str","required":true,'
+    '"type":"list"},"allow_insecure_http":{"default":false,"description":["Allow a plain C(http://) issuer on a host that'
+    ' is not loopback. Tokens and the client secret would cross the network unencrypted."],"ini":[{"key":"allow_insecure_'
+    'http","section":"oidc_tokens"}],"type":"bool"},"audience":{"description":["Audiences for the token (oidc-token\'s C(-'
+    '-aud), sent as C(audience))."],"elements":"str","type":"list"},"auth_method":{"choices":["client_secret_basic","clie'
+    'nt_secret_post"],"description":["How the client authenticates at the token, revocation and introspection endpoints."'
+    ',"When not set, C(client_secret_basic) if the provider offers it, else C(client_secret_post)."],"ini":[{"key":"auth_'
+    'method","section":"oidc_tokens"}],"type":"str"},"ca_path":{"description":["A CA bundle file to verify the provider\'s'
+    ' TLS certificate with (oidc-agent\'s C(--cp)).","When not set, the system\'s trust store is used, or the file named by'
+    ' C(REQUESTS_CA_BUNDLE)."],"env":[{"name":"OIDC_TOKENS_CA_PATH"}],"ini":[{"key":"ca_path","section":"oidc_tokens"}],"'
+    'type":"path"},"cache":{"default":true,"description":["Keep the tokens handed out in the cache and reuse them (see O('
+    'cache_dir)). When false, every evaluation decrypts the account, and refreshes unless the default token kept in the a'
+    'ccount is still valid."],"env":[{"name":"OIDC_TOKENS_CACHE"}],"ini":[{"key":"cache","section":"oidc_tokens"}],"type"'
+    ':"bool"},"cache_dir":{"description":["The directory of the cache, created with mode 0700; its files have mode 0600."'
+    ',"When not set, C($XDG_RUNTIME_DIR/oidc-tokens) if C(XDG_RUNTIME_DIR) is set (a tmpfs of the user on systemd systems'
+    '), else C(~/.cache/oidc-tokens) on a disk, and the lookup then warns each time it writes a token there.","Only the l'
+    'ookup\'s own option, the controller\'s environment or C(ansible.cfg) set it, never a host variable.","M(oidc.tokens.oi'
+    'dc_revoke) and M(oidc.tokens.oidc_account) run on the controller remove the cached tokens of the accounts they revok'
+    'e or remove from the default directory or C($OIDC_TOKENS_CACHE_DIR); a cache_dir set only in C(ansible.cfg) is not k'
+    'nown to them."],"env":[{"name":"OIDC_TOKENS_CACHE_DIR"}],"ini":[{"key":"cache_dir","section":"oidc_tokens"}],"type":'
+    '"path"},"client_id":{"description":["The confidential client registered with the provider. For an exchange, the clie'
+    'nt must be allowed the token-exchange grant. For an existing account, the client stored in the account is used; nami'
+    'ng another one is an error."],"env":[{"name":"OIDC_TOKENS_CLIENT_ID"}],"ini":[{"key":"client_id","section":"oidc_tok'
+    'ens"}],"type":"str"},"client_secret":{"description":["The client\'s secret. Keep it in Ansible Vault. For an existing'
+    ' account, defaults to the secret stored (encrypted) in the account."],"env":[{"name":"OIDC_TOKENS_CLIENT_SECRET"}],"'
+    'type":"str"},"config_dir":{"description":["The directory of the account files, shared with oidc-agent.","When not se'
+    't, C($OIDC_CONFIG_DIR), else C(~/.config/oidc-agent) of the user the task runs as.","The directory is kept at mode 0'
+    '700 and the files at 0600."],"env":[{"name":"OIDC_CONFIG_DIR"}],"ini":[{"key":"config_dir","section":"oidc_tokens"}]'
+    ',"type":"path"},"encryption_password":{"description":["The password the account file is encrypted with (oidc-agent\'s'
+    ' encryption password). Keep it in Ansible Vault.","Exactly one of O(encryption_password), O(encryption_password_file'
+    '), O(encryption_password_env) and O(encryption_password_command) is needed whenever an account is read or written. T'
+    'he password is never passed on a command line."],"env":[{"name":"OIDC_TOKENS_ENCRYPTION_PASSWORD"}],"type":"str","va'
+    'rs":[{"name":"oidc_tokens_encryption_password"}]},"encryption_password_command":{"description":["A command, run with'
+    "out a shell, whose standard output (without a final newline) is the password, for example a secret manager's client "
+    '(oidc-agent\'s C(--pw-cmd))."],"ini":[{"key":"encryption_password_command","section":"oidc_tokens"}],"type":"str"},"e'
+    'ncryption_password_env":{"description":["The name of an environment variable that holds the password, in the environ'
+    'ment of the module on the target or of the lookup on the controller.","On a remote host, Ansible\'s C(environment) ke'
+    "yword puts the value on the command line of the module's process, where other users of that host can read it in the "
+    'process list. There, prefer O(encryption_password) (from Ansible Vault), O(encryption_password_file) or O(encryption'
+    '_password_command)."],"ini":[{"key":"encryption_password_env","section":"oidc_tokens"}],"type":"str"},"encryption_pa'
+    'ssword_file":{"description":["A file whose content (without a final newline) is the password, on the host where the '
+    'plugin runs (the target for modules, the controller for the lookup)."],"env":[{"name":"OIDC_TOKENS_ENCRYPTION_PASSWO'
+    'RD_FILE"}],"ini":[{"key":"encryption_password_file","section":"oidc_tokens"}],"type":"path"},"force":{"default":fals'
+    'e,"description":["Refresh even if a cached or kept token is still valid (oidc-token\'s C(-f)); the new token replaces'
+    ' the cached one. Every host that evaluates the lookup with O(force) refreshes."],"type":"bool"},"issuer":{"aliases":'
+    '["issuer_url"],"description":["The OpenID provider\'s issuer URL, as its discovery document announces it (a trailing '
+    'slash or not makes no difference).","Discovery tries C(/.well-known/openid-configuration) and then RFC 8414 C(/.well'
+    '-known/oauth-authorization-server); a document that names another issuer is refused.","For an existing account, the '
+    "issuer stored in the account is used; naming another one is an error, so that an account's refresh token is never se"
+    'nt anywhere but its own issuer."],"env":[{"name":"OIDC_TOKENS_ISSUER"}],"ini":[{"key":"issuer","section":"oidc_token'
+    's"}],"type":"str"},"min_valid_period":{"default":60,"description":["Seconds the returned token must still be valid ('
+    'oidc-token\'s C(-t)). A cached or kept token with less time left is not used.","Keep it below the lifetime of the pro'
+    'vider\'s access tokens, or every call refreshes."],"env":[{"name":"OIDC_TOKENS_MIN_VALID_PERIOD"}],"ini":[{"key":"min'
+    '_valid_period","section":"oidc_tokens"}],"type":"int","vars":[{"name":"oidc_tokens_min_valid_period"}]},"query":{"de'
+    'scription":["A JMESPath expression applied to the dictionary C(access_token), C(expires_at), C(issuer), C(scope), C('
+    'claims); its result is returned instead of the access token.","For example C(expires_at), C(claims.sub) or C({token:'
+    ' access_token, until: expires_at}).","Needs the Python library jmespath on the controller."],"type":"str"},"resource'
+    '":{"description":["RFC 8707 resources for the token."],"elements":"str","type":"list"},"retries":{"default":3,"descr'
+    'iption":["How often a request is repeated after a connection error or an HTTP 5xx answer, with exponential backoff. '
+    '4xx answers are never repeated.","A request that spends a refresh token or a subject token is repeated only when it '
+    'cannot have reached the provider, because a provider with reuse detection revokes the whole grant when a spent refre'
+    'sh token comes back."],"env":[{"name":"OIDC_TOKENS_RETRIES"}],"ini":[{"key":"retries","section":"oidc_tokens"}],"typ'
+    'e":"int"},"scope":{"description":["Ask for a token with fewer scopes than the account holds (oidc-token\'s C(-s)). Un'
+    'like oidc-agent, the lookup caches such a token too, in an entry of its own. A scope the provider does not grant fai'
+    'ls the lookup."],"elements":"str","type":"list"},"timeout":{"default":10,"description":["Seconds to wait for the pro'
+    'vider to connect and to answer, per request."],"env":[{"name":"OIDC_TOKENS_TIMEOUT"}],"ini":[{"key":"timeout","secti'
+    'on":"oidc_tokens"}],"type":"int"},"validate_certs":{"default":true,"description":["Verify the provider\'s TLS certifi'
+    'cate. Turn off only for testing."],"env":[{"name":"OIDC_TOKENS_VALIDATE_CERTS"}],"ini":[{"key":"validate_certs","sec'
+    'tion":"oidc_tokens"}],"type":"bool"},"verify":{"default":true,"description":["When O(query) uses C(claims) (or the w'
+    "hole dictionary), check a JWT access token's signature against the provider's JWKS, its issuer and its expiry before"
+    ' its claims are returned. When false, the claims are only decoded. An opaque token has no claims. Without O(query) n'
+    'othing is verified."],"env":[{"name":"OIDC_TOKENS_VERIFY"}],"ini":[{"key":"verify","section":"oidc_tokens"}],"type":'
+    '"bool"}}'
+)
 
-        config_dir = default_config_dir(self.get_option('config_dir'))
-        account_path = os.path.join(config_dir, name)
-        account = cache_files.account_id(config_dir, name)
-        key = cache_mod.entry_key(self.get_option('scope'), self.get_option('audience'), self.get_option('resource'),
-                                  self.get_option('issuer'), self.get_option('client_id'))
-        cache = cache_mod.TokenCache(self.get_option('cache_dir') or cache_files.default_cache_dir())
 
-        stamp = cache_mod.account_stamp(account_path)
-        if stamp is None:
-            # No account file (or not a regular file): the store says what is wrong, and the cache
-            # directory and lock are not created for an account that is not there.
-            return self._fetch(name, force, claims or 'decode')
-        if not force:
-            entry = cache.read(account, key)
-            if cache_mod.usable(entry, time.time(), min_valid_period, stamp, claims):
-                return entry
-
-        with cache.locked(account, name):
-            if not force:
-                # Another worker may have filled the entry while this one waited for the lock.
-                entry = cache.read(account, key)
-                if cache_mod.usable(entry, time.time(), min_valid_period, cache_mod.account_stamp(account_path),
-                                    claims):
-                    return entry
-            before = cache_mod.account_stamp(account_path)
-            # Claims are at least decoded (free for a JWT) so that a later query on them is a hit too.
-            claims_mode = claims or 'decode'
-            result = self._fetch(name, force, claims_mode)
-            after = cache_mod.account_stamp(account_path)
-            entry = cache_mod.make_entry(name, config_dir, result, after, claims_mode)
-            try:
-                if after is not None and isinstance(entry['expires_at'], (int, float)):
-                    cache.write(account, key, entry)
-                    if not self.get_option('cache_dir') and cache_files.runtime_cache_dir() is None:
-                        display.warning('The lookup oidc.tokens.oidc_token keeps access tokens in %s, on a disk: '
-                                        'there is no XDG_RUNTIME_DIR. Set cache_dir (ansible.cfg [oidc_tokens] '
-                                        'cache_dir, or OIDC_TOKENS_CACHE_DIR) to a directory on a tmpfs, or '
-                                        'cache=false.' % cache.directory)
-                else:
-                    cache.remove(account, key)
-                if result.get('refreshed') and before is not None and after is not None and before != after:
-                    # This worker rotated the refresh token: the account's other entries stay valid.
-                    cache.restamp(account, before, after, skip_key=key)
-                cache.prune(account)
-            except (OSError, cache_mod.TokenCacheError) as exc:
-                # The token is good and the account already saved: a cache that cannot be written costs
-                # the next hosts a refresh each, not this one its token.
-                display.warning('The token of account %r was not kept in the cache %s: %s'
-                                % (name, cache.directory, getattr(exc, 'strerror', None) or exc))
-            return entry
-
-    # -- a miss ----------------------------------------------------------------------------------
-
-    def _fetch(self, name, force, claims):
-        """Ask the account store (and the provider if need be), as the module oidc_token does."""
-        from ansible_collections.oidc.tokens.plugins.module_utils import _account_file, _oauth, _options, _tokens
-
-        if _oauth.requests_import_error() is not None:
-            raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library requests on the controller '
-                               '(pip install requests).')
-        if _account_file.nacl_import_error() is not None:
-            raise AnsibleError('The lookup oidc.tokens.oidc_token needs the Python library PyNaCl on the controller to '
-                               'read the encrypted account (pip install PyNaCl).')
-        get = self.get_option
-        store = _options.account_store(get)
-        password = _options.encryption_password(get)
-
-        def client_for(account):
-            return _options.oauth_client(get, account)
-
-        result = _tokens.access_token(store, name, password, client_for, get('min_valid_period'), get('scope'),
-                                      get('audience'), get('resource'), force, claims=claims)
-        for warning in result.get('warnings') or []:
-            display.warning(warning)
-        return result
+# A core without these methods simply parses DOCUMENTATION as before.
+if hasattr(C.config, 'has_configuration_definition') and not C.config.has_configuration_definition('lookup', __name__):
+    C.config.initialize_plugin_configuration_definitions('lookup', __name__, json.loads(_OPTIONS_JSON))

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to the oidc.tokens collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The controller's cache of access tokens for the lookup ``oidc.tokens.oidc_token``.
+"""The controller's cache of access tokens for the lookup ``oidc.tokens.oidc_token``: its one entry
+point, ``TokenCache.token()``, and the hit path.
 
 Ansible templates a lookup once per host, each time in a fresh worker process, so nothing kept in
-memory survives from one host to the next. This file keeps what the lookup handed out on disk
+memory survives from one host to the next. The cache keeps what the lookup handed out on disk
 instead, so that a play over many hosts costs one refresh (and one Argon2id derivation) per
 access-token lifetime rather than one per host.
 
@@ -21,47 +22,40 @@ Layout, in one directory of the controller user (``default_cache_dir()``), mode 
     workers wait for one refresh instead of racing a rotating refresh token. Removed again by a
     worker that leaves no entry of the account (a failed lookup writes nothing).
 
+The lookup makes one call, ``TokenCache.token()``: an entry that is usable now, or else, under the
+account's lock, the entry another worker filled meanwhile, or else what the lookup's ``fetch``
+callable gets (it asks the shared token layer, ``_tokens.access_token``), kept as the new entry.
+
 An entry is used while ``expires_at - now >= min_valid_period`` and while the account file is the
 one it came from: a revoked (deleted), replaced or otherwise rewritten account invalidates it. The
 lookup itself rewrites the account when a refresh rotates the refresh token; it then moves the
 entries of the same account that were valid before to the new stamp, under the lock.
 
-Reading an entry takes no lock (entries are replaced atomically) and imports nothing heavy: this
-file uses the standard library only, and the collection's errors, account-name rule and private-file
-primitives (_private_files.py: atomic replace, the 0700 directory, the lock file), themselves
-standard library only.
+Reading an entry takes no lock (entries are replaced atomically). Ansible compiles this file from
+source in every worker process (its collection loader keeps no bytecode), so it holds the hit path
+only: standard library, the collection's errors, the account-name rule and where entries live.
+Everything a miss needs (the lock, writing, pruning, the private-file primitives) is in
+``_lookup_miss.py``, imported on the first miss of a process.
 
 Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
 import time
 
-from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
-    InvalidAccountNameError, OidcTokensError, PrivatePathError)
-from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import ENTRY_SUFFIX, digest as _digest
-from ansible_collections.oidc.tokens.plugins.module_utils._private_files import (
-    FILE_MODE, TMP_INFIX, create_temp_file, ensure_private_dir, lock_file, replace_with_temp_file)
+from ansible_collections.oidc.tokens.plugins.module_utils._account_names import default_config_dir, validate_name
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import InvalidAccountNameError, OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import (
+    ENTRY_SUFFIX, account_id, default_cache_dir, digest as _digest, runtime_cache_dir)
 
 CACHE_VERSION = 1
 LOCK_TIMEOUT = 300.0
 MAX_ENTRY_BYTES = 256 * 1024
-
-# The cache's words for a PrivatePathError of its directory.
-_DIR_ERRORS = {
-    'create': 'Cannot create the token cache directory %(path)s: %(strerror)s',
-    'link': 'The token cache directory %(path)s is a symbolic link; give the real directory as cache_dir.',
-    'type': 'The token cache directory %(path)s is not a directory.',
-    'owner': ('The token cache directory %(path)s belongs to uid %(uid)d, not to the controller user (uid %(euid)d); '
-              'use another cache_dir.'),
-    'chmod': 'Cannot set mode 0700 on the token cache directory %(path)s: %(strerror)s',
-}
+ENTRY_MODE = 0o600   # _private_files.FILE_MODE, what its atomic replace gives a file (not imported on a hit)
 
 CLAIMS_MODES = (None, 'decode', 'verify')
 
@@ -140,30 +134,26 @@ def usable(entry, now, min_valid_period, stamp, claims=None):
     return claims_satisfied(entry.get('claims_mode'), claims)
 
 
-def make_entry(name, config_dir, result, stamp, claims_mode, now=None):
-    """A cache entry from what ``_tokens.access_token`` returned."""
-    return {
-        'version': CACHE_VERSION,
-        'account': str(name),
-        'config_dir': str(config_dir),
-        'access_token': result['access_token'],
-        'expires_at': result.get('expires_at'),
-        'issuer': result.get('issuer') or '',
-        'scope': list(result.get('scope') or []),
-        'claims': result.get('claims') or {},
-        'claims_mode': claims_mode,
-        'account_stamp': stamp,
-        'lifetime_end': result.get('lifetime_end'),
-        'created_at': int(time.time() if now is None else now),
-    }
+def _miss():
+    from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_miss
+    return _lookup_miss
 
 
 class TokenCache(object):
-    """Entries and locks in one directory of the controller user."""
+    """Entries and locks in one directory of the controller user.
 
-    def __init__(self, directory, lock_timeout=LOCK_TIMEOUT):
-        self.directory = os.path.abspath(os.path.expanduser(str(directory)))
+    ``directory``: the lookup's ``cache_dir``; when not set, ``default_cache_dir()``, and a cache
+    that is then on a disk (no XDG_RUNTIME_DIR) says so through ``warn`` each time it writes a
+    token. ``enabled=False`` (the lookup's ``cache=false``): ``token()`` only fetches.
+    ``warn``: a callable taking a message (the lookup's ``display.warning``).
+    """
+
+    def __init__(self, directory=None, lock_timeout=LOCK_TIMEOUT, enabled=True, warn=None):
+        self.on_disk_by_default = not directory and runtime_cache_dir() is None
+        self.directory = os.path.abspath(os.path.expanduser(str(directory or default_cache_dir())))
         self.lock_timeout = lock_timeout
+        self.enabled = enabled
+        self.warn = warn or (lambda message: None)
 
     def entry_path(self, account, key):
         return os.path.join(self.directory, '%s-%s%s' % (account, key, ENTRY_SUFFIX))
@@ -171,17 +161,45 @@ class TokenCache(object):
     def lock_path(self, account):
         return os.path.join(self.directory, '.%s.lock' % account)
 
-    # -- the directory -------------------------------------------------------------------------
+    # -- the one entry point ---------------------------------------------------------------------
 
-    def ensure_dir(self):
-        """Create the directory 0700 (and a missing parent 0700), or check and tighten it."""
-        try:
-            ensure_private_dir(self.directory, follow_links=False)
-        except PrivatePathError as e:
-            words = {'path': self.directory, 'strerror': e.strerror, 'uid': e.uid, 'euid': os.geteuid()}
-            raise TokenCacheError(_DIR_ERRORS[e.reason] % words)
+    def token(self, config_dir, name, fetch, min_valid_period=0, force=False, claims=None, selectors=None):
+        """The token of account ``name`` of ``config_dir`` (None: the default): a dict with
+        ``access_token``, ``expires_at``, ``issuer``, ``scope`` and ``claims``.
 
-    # -- entries ---------------------------------------------------------------------------------
+        A usable entry when there is one (unless ``force``); else, under the account's lock, the
+        entry another worker filled while this one waited, or what ``fetch(force, claims_mode)``
+        returns (``_tokens.access_token``'s dict), kept as the entry. ``claims``: None, 'decode' or
+        'verify', what the caller needs of the claims; ``selectors``: scope, audience, resource,
+        issuer and client_id as given (see ``entry_key``). ``fetch`` is called at most once.
+
+        A hit reads one file. Without the cache, for a name the store would refuse, or when there
+        is no account file, ``fetch`` is called at once: the store says what is wrong, and no
+        directory or lock is made for an account that is not there.
+        """
+        if not self.enabled or not cacheable_name(name):
+            return fetch(force, claims or 'decode')
+        config_dir = default_config_dir(config_dir)
+        account_path = os.path.join(config_dir, name)
+        stamp = account_stamp(account_path)
+        if stamp is None:
+            return fetch(force, claims or 'decode')
+        account = account_id(config_dir, name)
+        key = entry_key(**(selectors or {}))
+        if not force:
+            entry = self.read(account, key)
+            if usable(entry, time.time(), min_valid_period, stamp, claims):
+                return entry
+
+        with self.locked(account, name):
+            if not force:
+                # Another worker may have filled the entry while this one waited for the lock.
+                entry = self.read(account, key)
+                if usable(entry, time.time(), min_valid_period, account_stamp(account_path), claims):
+                    return entry
+            return _miss().fill(self, config_dir, name, account, key, fetch, force, claims)
+
+    # -- reading an entry ------------------------------------------------------------------------
 
     def read(self, account, key):
         """The entry, or None when there is none or it is not one this user wrote (never raises)."""
@@ -197,7 +215,7 @@ class TokenCache(object):
         try:
             st = os.fstat(fd)
             if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
-                    or stat.S_IMODE(st.st_mode) != FILE_MODE or st.st_size > MAX_ENTRY_BYTES):
+                    or stat.S_IMODE(st.st_mode) != ENTRY_MODE or st.st_size > MAX_ENTRY_BYTES):
                 return None
             data = os.read(fd, MAX_ENTRY_BYTES + 1)
         except OSError:
@@ -210,103 +228,31 @@ class TokenCache(object):
             return None
         return entry if isinstance(entry, dict) else None
 
-    def write(self, account, key, entry):
-        """Replace the entry atomically: a 0600 temporary file in the directory, then rename.
+    # -- the miss path (_lookup_miss.py) ---------------------------------------------------
 
-        No fsync: a cache entry lost or torn by a crash is only a miss.
-        """
-        path = self.entry_path(account, key)
-        data = json.dumps(entry, sort_keys=True, separators=(',', ':')).encode('utf-8')
-        try:
-            fd, tmp = create_temp_file(path)
-        except OSError as e:
-            raise TokenCacheError('Cannot create a file in the token cache directory %s: %s'
-                                  % (self.directory, e.strerror or e))
-        replace_with_temp_file(fd, tmp, path, data, sync=False)
-        return path
+    def ensure_dir(self):
+        """Create the directory 0700 (and a missing parent 0700), or check and tighten it."""
+        _miss().ensure_dir(self)
+
+    def write(self, account, key, entry):
+        """Replace the entry atomically (0600); returns its path."""
+        return _miss().write(self, account, key, entry)
 
     def remove(self, account, key):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.entry_path(account, key))
+        _miss().remove(self, account, key)
 
     def entries_of(self, account):
         """{key: path} of the entries of one account."""
-        prefix = '%s-' % account
-        found = {}
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return found
-        for name in names:
-            if name.startswith(prefix) and name.endswith(ENTRY_SUFFIX):
-                found[name[len(prefix):-len(ENTRY_SUFFIX)]] = os.path.join(self.directory, name)
-        return found
+        return _miss().entries_of(self, account)
 
     def restamp(self, account, old_stamp, new_stamp, skip_key=None):
-        """After this lookup rewrote the account (a rotated refresh token), keep the account's other
-        entries that were valid for the old file. Call under the account's lock. Returns how many."""
-        moved = 0
-        for key, path in self.entries_of(account).items():
-            if key == skip_key:
-                continue
-            entry = self._read_path(path)
-            if entry is None or entry.get('account_stamp') != old_stamp:
-                continue
-            entry['account_stamp'] = new_stamp
-            self.write(account, key, entry)
-            moved += 1
-        return moved
+        """Move the account's entries of the old account file to the new one (under the lock); how many."""
+        return _miss().restamp(self, account, old_stamp, new_stamp, skip_key)
 
     def prune(self, account, now=None):
-        """Remove the account's expired entries and temporary files left by killed workers.
-        Call under the account's lock. Returns how many files went."""
-        now = time.time() if now is None else now
-        removed = 0
-        for key, path in self.entries_of(account).items():
-            entry = self._read_path(path)
-            expires_at = entry.get('expires_at') if entry else None
-            if entry is None or not isinstance(expires_at, (int, float)) or expires_at <= now:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    removed += 1
-        tmp_prefix = '.%s-' % account
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return removed
-        for name in names:
-            if name.startswith(tmp_prefix) and TMP_INFIX in name:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.directory, name))
-                    removed += 1
-        return removed
+        """Remove the account's expired entries and stale temporary files (under the lock); how many."""
+        return _miss().prune(self, account, now)
 
-    # -- the lock --------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
     def locked(self, account, name=None):
-        """Hold the exclusive lock of one account's entries (the directory is made ready first).
-
-        A holder that leaves no entry of the account (its fetch failed) removes the lock file, so a
-        failed lookup leaves nothing behind. A waiter that then gets the lock of the removed file sees
-        that the path names another file (or none) and locks that one instead (_private_files.lock_file).
-        """
-        self.ensure_dir()
-        path = self.lock_path(account)
-        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
-        try:
-            fd = lock_file(path, deadline)
-        except PrivatePathError as e:
-            raise TokenCacheError('Cannot open the token cache lock %s: %s' % (path, e.strerror))
-        if fd is None:
-            raise TokenCacheError('Another worker held the token cache lock of account %r (%s) for more than '
-                                  '%d s.' % (name, path, self.lock_timeout))
-        try:
-            yield path
-        finally:
-            try:
-                if not self.entries_of(account):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-            finally:
-                os.close(fd)   # closing releases the flock
+        """A context manager holding the exclusive lock of one account's entries."""
+        return _miss().locked(self, account, name)

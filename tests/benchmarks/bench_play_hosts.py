@@ -1,15 +1,26 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to the oidc.tokens collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A play over many inventory hosts (ansible_connection: local, the no-op module ansible.builtin.ping)
-with and without the lookup oidc.tokens.oidc_token in the task's arguments: the overhead per host,
-the requests the provider saw and the Argon2id derivations made.
+"""A play over many inventory hosts (ansible_connection: local, one task of ansible.builtin.debug or
+ansible.builtin.ping) three ways, side by side in one run: with no lookup (the floor), with
+lookup('ansible.builtin.env', ...) and with lookup('oidc.tokens.oidc_token', ...). Prints the per-host
+overhead of each lookup over the floor, their ratio (ours / env), the refreshes and other requests the
+provider saw and the Argon2id derivations made.
 
-    python3 tests/benchmarks/bench_play_hosts.py [--hosts 1000] [--forks 20] [--runs 5] [--out FILE.json]
+    python3 tests/benchmarks/bench_play_hosts.py [--hosts 500] [--forks 20] [--runs 3]
+                                                 [--module ansible.builtin.debug] [--out FILE.json]
 
-Runs alternate (with, without, with, ...). Every run with the lookup starts with an empty token cache,
-the way a fresh controller would: the figures include filling it. Derivations are counted by a
-sitecustomize hook on PYTHONPATH that wraps PyNaCl's argon2id.kdf in every process Ansible forks
+Each overhead is given twice: in wall time, and in CPU time (user and system, of ansible-playbook and
+every worker it forked, from getrusage of this process's children): the wall time follows the load of
+anything else on the machine, the CPU time hardly.
+
+The three plays alternate within every run, in a rotating order (floor, env, ours; env, ours, floor;
+...), so that a drift of the machine's load falls on all three alike; each lookup's overhead is taken
+against the floor of the same run. Every run with our lookup starts from an account freshly exchanged
+without a kept access token and from an empty token cache, the way a fresh controller would: the
+figures include filling the cache, and the provider must see exactly one refresh per run (the test
+provider's access tokens live an hour, longer than a run). Derivations are counted by a sitecustomize
+hook on PYTHONPATH that wraps PyNaCl's argon2id.kdf in every process Ansible forks
 (tests/benchmarks/_common.py); requests by the provider's own counters. A script that prints
 figures, not a test.
 """
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -26,53 +38,106 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 PASSWORD = 'bench-play-hosts password'
+VARIANTS = ('floor', 'env', 'ours')
 
 
 def data(args, runs, figures, ratios):
     return {'figures': figures, 'ratios': ratios, 'runs': runs,
             'parameters': {'hosts': args.hosts, 'forks': args.forks, 'runs_wanted': args.runs,
-                           'module': 'ansible.builtin.ping', 'provider_at_ttl': 3600,
-                           'cache': 'empty at the start of every run'}}
+                           'module': args.module, 'provider_at_ttl': 3600,
+                           'variants': {'floor': 'no lookup', 'env': "lookup('ansible.builtin.env', 'HOME')",
+                                        'ours': "lookup('oidc.tokens.oidc_token', 'bench', ...)"},
+                           'cache': 'empty at the start of every run',
+                           'account': 'freshly exchanged before every run, no kept access token'}}
+
+
+def per_host(args, runs, variant, measure='seconds'):
+    return [(r[measure] - f[measure]) / args.hosts for r, f in zip(runs[variant], runs['floor'])]
+
+
+def ratios_per_run(ours, env):
+    return [o / e for o, e in zip(ours, env) if e > 0]
+
+
+def children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def report(args, runs, final=True):
     """Figures of the runs so far; printed at the end, written (also after every run) with --out."""
-    with_s = [r['seconds'] for r in runs['with']]
-    without_s = [r['seconds'] for r in runs['without']]
-    per_host = [(w - n) / args.hosts for w, n in zip(with_s, without_s)]
+    seconds = dict((v, [r['seconds'] for r in runs[v]]) for v in VARIANTS)
+    ours, env = per_host(args, runs, 'ours'), per_host(args, runs, 'env')
+    ours_cpu, env_cpu = per_host(args, runs, 'ours', 'cpu_seconds'), per_host(args, runs, 'env', 'cpu_seconds')
     figures = {
-        'play_with_lookup_s': _common.summary(with_s, 1, 1),
-        'play_without_lookup_s': _common.summary(without_s, 1, 1),
-        'overhead_per_host_ms': _common.summary(per_host, 1000, 2),
-        'provider_token_requests_per_run': _common.summary([r['token_requests'] for r in runs['with']], 1, 0),
-        'provider_refreshes_per_run': _common.summary([r['refreshes'] for r in runs['with']], 1, 0),
-        'provider_discovery_requests_per_run': _common.summary([r['discovery_requests'] for r in runs['with']], 1, 0),
-        'argon2id_derivations_per_run': _common.summary([r['argon2id_derivations'] for r in runs['with']], 1, 0),
+        # The names of the earlier two-way benchmark are kept: "with" is our lookup, "without" the floor.
+        'play_with_lookup_s': _common.summary(seconds['ours'], 1, 1),
+        'play_without_lookup_s': _common.summary(seconds['floor'], 1, 1),
+        'play_env_lookup_s': _common.summary(seconds['env'], 1, 1),
+        'overhead_per_host_ms': _common.summary(ours, 1000, 2),
+        'env_overhead_per_host_ms': _common.summary(env, 1000, 2),
+        'overhead_ratio_ours_vs_env_per_run': _common.summary(ratios_per_run(ours, env), 1, 2),
+        'play_cpu_s': dict((v, _common.summary([r['cpu_seconds'] for r in runs[v]], 1, 1)) for v in VARIANTS),
+        'cpu_overhead_per_host_ms': _common.summary(ours_cpu, 1000, 2),
+        'env_cpu_overhead_per_host_ms': _common.summary(env_cpu, 1000, 2),
+        'cpu_overhead_ratio_ours_vs_env_per_run': _common.summary(ratios_per_run(ours_cpu, env_cpu), 1, 2),
+        'provider_token_requests_per_run': _common.summary([r['token_requests'] for r in runs['ours']], 1, 0),
+        'provider_refreshes_per_run': _common.summary([r['refreshes'] for r in runs['ours']], 1, 0),
+        'provider_discovery_requests_per_run': _common.summary([r['discovery_requests'] for r in runs['ours']], 1, 0),
+        'argon2id_derivations_per_run': _common.summary([r['argon2id_derivations'] for r in runs['ours']], 1, 0),
         'argon2id_derivations_without_lookup': _common.summary(
-            [r['argon2id_derivations'] for r in runs['without']], 1, 0),
+            [r['argon2id_derivations'] for r in runs['floor'] + runs['env']], 1, 0),
     }
     ratios = {'with_vs_without': _common.ratio(figures['play_with_lookup_s']['median'],
-                                               figures['play_without_lookup_s']['median'], 3)}
+                                               figures['play_without_lookup_s']['median'], 3),
+              'overhead_ours_vs_env': _common.ratio(figures['overhead_per_host_ms']['median'],
+                                                    figures['env_overhead_per_host_ms']['median'], 2),
+              'cpu_overhead_ours_vs_env': _common.ratio(figures['cpu_overhead_per_host_ms']['median'],
+                                                        figures['env_cpu_overhead_per_host_ms']['median'], 2)}
     if not final:
         _common.write(args.out, 'play_hosts', data(args, runs, figures, ratios), quiet=True)
         return
-    print('a play over %d local hosts, forks %d, ansible.builtin.ping, %d runs each' % (args.hosts, args.forks,
-                                                                                        args.runs))
-    _common.line('play with the lookup', figures['play_with_lookup_s'], 's')
-    _common.line('play without the lookup', figures['play_without_lookup_s'], 's')
-    _common.line('overhead per host', figures['overhead_per_host_ms'], 'ms')
-    _common.line('provider token requests per run (with the lookup)', figures['provider_token_requests_per_run'], '')
-    _common.line('provider discovery requests per run', figures['provider_discovery_requests_per_run'], '')
-    _common.line('Argon2id derivations per run (with the lookup)', figures['argon2id_derivations_per_run'], '')
-    print('  ratio with/without %s' % ratios['with_vs_without'])
+    print('a play over %d local hosts, forks %d, %s, %d runs of each' % (args.hosts, args.forks, args.module,
+                                                                         len(runs['ours'])))
+    _common.line('play without a lookup (floor)', figures['play_without_lookup_s'], 's')
+    _common.line("play with lookup('ansible.builtin.env')", figures['play_env_lookup_s'], 's')
+    _common.line("play with lookup('oidc.tokens.oidc_token')", figures['play_with_lookup_s'], 's')
+    _common.line('per-host overhead over the floor, ansible.builtin.env', figures['env_overhead_per_host_ms'], 'ms')
+    _common.line('per-host overhead over the floor, oidc.tokens.oidc_token', figures['overhead_per_host_ms'], 'ms')
+    _common.line('ratio ours / env of the per-host overheads, per run',
+                 figures['overhead_ratio_ours_vs_env_per_run'], '')
+    print('  ratio ours / env of the median per-host overheads  %s' % ratios['overhead_ours_vs_env'])
+    for variant, label in (('floor', 'floor'), ('env', 'ansible.builtin.env'), ('ours', 'oidc.tokens.oidc_token')):
+        _common.line('CPU time of the play, %s' % label, figures['play_cpu_s'][variant], 's')
+    _common.line('per-host CPU overhead, ansible.builtin.env', figures['env_cpu_overhead_per_host_ms'],
+                 'ms')
+    _common.line('per-host CPU overhead, oidc.tokens.oidc_token', figures['cpu_overhead_per_host_ms'],
+                 'ms')
+    _common.line('ratio ours / env of the per-host CPU overheads, per run',
+                 figures['cpu_overhead_ratio_ours_vs_env_per_run'], '')
+    print('  ratio ours / env of the median per-host CPU overheads  %s' % ratios['cpu_overhead_ours_vs_env'])
+    _common.line('provider refreshes per run (oidc_token)', figures['provider_refreshes_per_run'], '')
+    _common.line('provider token requests per run (oidc_token)', figures['provider_token_requests_per_run'], '')
+    _common.line('provider discovery requests per run (oidc_token)', figures['provider_discovery_requests_per_run'],
+                 '')
+    _common.line('Argon2id derivations per run (oidc_token)', figures['argon2id_derivations_per_run'], '')
+    _common.line('Argon2id derivations per run (floor and env)', figures['argon2id_derivations_without_lookup'], '')
     _common.write(args.out, 'play_hosts', data(args, runs, figures, ratios))
+
+
+def task(module, expression):
+    """One task whose argument templates ``expression`` (the same template for every variant)."""
+    value = "{{ 'pong' if (%s) | length > 0 else 'none' }}" % expression
+    return {'name': 'task', module: {'data': value} if module.endswith('ping') else {'msg': value}}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
-    parser.add_argument('--hosts', type=int, default=1000)
+    parser.add_argument('--hosts', type=int, default=500)
     parser.add_argument('--forks', type=int, default=20)
-    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--runs', type=int, default=3)
+    parser.add_argument('--module', default='ansible.builtin.debug', choices=('ansible.builtin.debug',
+                                                                              'ansible.builtin.ping'))
     parser.add_argument('--out')
     args = parser.parse_args()
 
@@ -81,11 +146,10 @@ def main():
     from evidence import Ansible, exchange_account, stat_counts
 
     work = tempfile.mkdtemp(prefix='bench-play-hosts-')
-    runs = {'with': [], 'without': []}
+    runs = dict((v, []) for v in VARIANTS)
     try:
         with Provider(workdir=os.path.join(work, 'provider'), at_ttl=3600) as op:
             config_dir = os.path.join(work, 'accounts')
-            exchange_account(op, config_dir, 'bench', PASSWORD, keep_access_token=True)
             hook = _common.kdf_hook_dir(work)
             counter = os.path.join(work, 'kdf-count')
             ansible = Ansible(os.path.join(work, 'ansible'), env={
@@ -93,39 +157,39 @@ def main():
             inventory = ansible.write_private('inventory.yml', {'all': {
                 'hosts': dict(('h%04d' % i, None) for i in range(1, args.hosts + 1)),
                 'vars': {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}}})
-            lookup = ("lookup('oidc.tokens.oidc_token', 'bench', config_dir='%s', encryption_password_env='EV_PW')"
-                      % config_dir)
-            plays = {
-                'with': [{'name': 'with', 'hosts': 'all', 'gather_facts': False, 'tasks': [
-                    {'name': 'ping', 'ansible.builtin.ping': {
-                        'data': "{{ 'pong' if (%s) | length > 0 else 'none' }}" % lookup}}]}],
-                'without': [{'name': 'without', 'hosts': 'all', 'gather_facts': False, 'tasks': [
-                    {'name': 'ping', 'ansible.builtin.ping': {'data': 'pong'}}]}],
+            expressions = {
+                'floor': "'HOME'",
+                'env': "lookup('ansible.builtin.env', 'HOME')",
+                'ours': ("lookup('oidc.tokens.oidc_token', 'bench', config_dir='%s', encryption_password_env='EV_PW')"
+                         % config_dir),
             }
+            plays = dict((v, [{'name': v, 'hosts': 'all', 'gather_facts': False,
+                               'tasks': [task(args.module, expressions[v])]}]) for v in VARIANTS)
             for index in range(args.runs):
-                for variant in ('with', 'without'):
-                    cache = os.path.join(ansible.runtime, 'oidc-tokens')
-                    shutil.rmtree(cache, ignore_errors=True)
+                for variant in VARIANTS[index % 3:] + VARIANTS[:index % 3]:
+                    shutil.rmtree(os.path.join(ansible.runtime, 'oidc-tokens'), ignore_errors=True)
+                    if variant == 'ours':
+                        exchange_account(op, config_dir, 'bench', PASSWORD, keep_access_token=False)
                     if os.path.exists(counter):
                         os.unlink(counter)
-                    before = stat_counts(op)
+                    before, cpu_before = stat_counts(op), children_cpu_seconds()
                     run = ansible.playbook(plays[variant], inventory=inventory, forks=args.forks, timeout=7200)
-                    after = stat_counts(op)
+                    after, cpu = stat_counts(op), children_cpu_seconds() - cpu_before
                     ok = sum(1 for r in run.results if r['status'] == 'ok')
                     if run.rc != 0 or ok != args.hosts:
                         raise RuntimeError('run failed (rc %s, %d ok): %s' % (run.rc, ok, run.stdout[-3000:]))
                     runs[variant].append({
                         'seconds': run.seconds,
+                        'cpu_seconds': cpu,
                         'token_requests': after['all_token_requests'] - before['all_token_requests'],
                         'refreshes': after['refresh'] - before['refresh'],
                         'discovery_requests': after['discovery'] - before['discovery'],
                         'argon2id_derivations': _common.kdf_count(counter),
                     })
-                    if variant == 'without':
-                        report(args, runs, final=False)
-                    print('  run %d %-8s %7.1f s  %d derivations, %d token requests' % (
-                        index + 1, variant, run.seconds, runs[variant][-1]['argon2id_derivations'],
-                        runs[variant][-1]['token_requests']), flush=True)
+                    print('  run %d %-6s %7.1f s (CPU %6.1f s)  %d derivations, %d refreshes, %d token requests' % (
+                        index + 1, variant, run.seconds, cpu, runs[variant][-1]['argon2id_derivations'],
+                        runs[variant][-1]['refreshes'], runs[variant][-1]['token_requests']), flush=True)
+                report(args, runs, final=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

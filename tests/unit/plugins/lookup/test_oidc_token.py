@@ -30,6 +30,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
     AccountNotFoundError, InvalidAccountNameError, OidcTokensError)
 from ansible_collections.oidc.tokens.plugins.module_utils import _lookup_cache_files as cache_files
 from ansible_collections.oidc.tokens.plugins.plugin_utils import _lookup_cache as cache_mod
+from ansible_collections.oidc.tokens.tests.unit.plugins.lookup import runtime_options
 
 NAME = 'job1'
 ISSUER = 'https://op.example.org/'
@@ -224,6 +225,21 @@ def test_no_trust_option_has_a_variable_source():
     assert 'issuer' in definitions
     with_vars = sorted(name for name, definition in definitions.items() if definition.get('vars'))
     assert with_vars == ['encryption_password', 'min_valid_period']
+
+
+def test_runtime_options_are_the_documented_ones():
+    """The definitions the plugin registers at import (so that no worker parses DOCUMENTATION and the doc
+    fragments) are what Ansible's loader would make of DOCUMENTATION and the fragments."""
+    documented = runtime_options.documented_options()
+    assert len(documented) > 20 and all(definition.get('description') for definition in documented.values())
+    assert json.loads(lookup_mod._OPTIONS_JSON) == documented, (
+        'plugins/lookup/oidc_token.py: replace _OPTIONS_JSON with\n' + runtime_options.options_source(documented))
+
+
+def test_the_loader_uses_the_documented_options():
+    from ansible import constants as C
+    definitions = C.config.get_configuration_definitions('lookup', new_lookup()._load_name)
+    assert json.loads(json.dumps(definitions, sort_keys=True)) == runtime_options.documented_options()
 
 
 def test_issuer_alias():
@@ -637,6 +653,11 @@ def test_waiter_does_not_keep_a_removed_lock(env):
     assert not os.path.exists(path)
 
 
+def test_entry_mode_is_the_mode_of_private_files():
+    from ansible_collections.oidc.tokens.plugins.module_utils._private_files import FILE_MODE
+    assert cache_mod.ENTRY_MODE == FILE_MODE
+
+
 def test_lock_timeout(env):
     cache = cache_mod.TokenCache(env.cache_dir, lock_timeout=0.2)
     account = cache_files.account_id(env.config_dir, NAME)
@@ -714,3 +735,22 @@ def test_cache_hit_imports_nothing_heavy(filled_cache, tmp_path, block):
     if block == '1':
         # Without requests the miss path fails with a message that names it.
         assert 'Python library requests' in out['miss_error']
+
+
+def test_cache_hit_parses_no_documentation_and_loads_no_miss_path(filled_cache, tmp_path):
+    """A worker that hits the cache neither imports the doc fragments (Ansible's loader parses them, with
+    DOCUMENTATION, only for a plugin whose options it does not know yet) nor compiles the miss path."""
+    env = filled_cache
+    script = tmp_path / 'child.py'
+    script.write_text(CHILD)
+    proc = subprocess.run([sys.executable, str(script), _collections_root(), env.config_dir, env.cache_dir, '0'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False,
+                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_root()))
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert out['hit'] == ['at-1']
+    prefix = 'ansible_collections.oidc.tokens.plugins.'
+    assert [m for m in out['new'] if m.startswith(prefix + 'doc_fragments')] == []
+    assert prefix + 'plugin_utils._lookup_miss' not in out['new']
+    assert prefix + 'module_utils._private_files' not in out['new']
+    assert prefix + 'lookup.oidc_token' in out['new']
