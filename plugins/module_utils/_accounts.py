@@ -27,7 +27,8 @@ from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTok
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
 from ansible_collections.oidc.tokens.plugins.module_utils._options import account_client, oauth_client
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    SAME_SESSION_NOTE, account_facts, as_list, build_account, lifetime_fields, same_session, stored_lifetime)
+    SAME_SESSION_NOTE, ShortRefreshTokenError, account_facts, account_is_usable, as_list, build_account, exchange,
+    lifetime_fields, same_session, short_refresh_token, stored_lifetime)
 
 # Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
 META_RT_FINGERPRINT = 'refresh_token_given_sha256'   # SHA-256 of the token oidc_account was last given
@@ -375,3 +376,82 @@ def _revoke_replaced(name, old, new, client_for):
     except OidcTokensError as exc:
         return ['The replaced refresh token of account %r was not revoked: %s' % (name, exc)]
     return []
+
+
+def exchange_account(store, name, password, client, get, check_mode=False):
+    """oidc_token_exchange and oidc_refresher: exchange the subject token for a refresh token and keep it as account
+    ``name`` (``get('persist')`` false: return it), unless the account exists and is usable (``get('force')`` false).
+
+    ``get`` reads the exchange options (subject_token, scope, audience, lifetime, ...); ``client`` is the
+    exchanging client. Returns the module result: changed, exchanged, account (facts), diff, warnings.
+    """
+    path = store.path(name)
+    before = None
+    replace_reason = 'no account of that name exists'
+    if get('persist') and store.exists(name):
+        if get('force'):
+            replace_reason = 'force is set'
+            before = _facts_if_readable(store, name, password, path)
+        else:
+            existing = store.load(name, password)
+            before = account_facts(name, existing, path)
+            replace_reason = account_is_usable(existing, client.issuer, client.client_id)
+            if replace_reason is None:
+                return {'changed': False, 'exchanged': False, 'account': before,
+                        'diff': {'before': before, 'after': before}}
+
+    result = {'changed': True, 'exchanged': True, 'msg': 'Exchanged because %s.' % replace_reason}
+    if check_mode:
+        planned = build_account(name, get('issuer'), client.client_id, None, None, get('scope'),
+                                get('audience'), get('resource'), get('lifetime'), ca_path=get('ca_path'))
+        result['account'] = account_facts(name, planned, path)
+        result['diff'] = {'before': before or {}, 'after': result['account']}
+        return result
+
+    token = exchange(client, get('subject_token'), get('subject_token_type'), get('requested_token_type'),
+                     get('scope'), get('audience'), get('resource'), get('actor_token'),
+                     get('actor_token_type'), offline_access=get('offline_access'))
+    # The issuer as the provider names it, and the client authentication that worked (a provider may
+    # accept only the method the client was registered with).
+    account = build_account(name, client.announced_issuer, client.client_id, get('client_secret'),
+                            token.refresh_token, token.scope or get('scope'), get('audience'),
+                            get('resource'), get('lifetime'), ca_path=get('ca_path'),
+                            auth_method=client.auth_method)
+    account.meta.update({'offline_access': token.offline_access_requested,
+                         'refresh_token_expires_at': token.refresh_token_expires_at})
+    if token.access_token and token.expires_at:
+        account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
+                             'access_token_scope': token.scope})
+    warnings = []
+    short = short_refresh_token(name, account)
+    if short and get('short_refresh_token') == 'fail':
+        # Nothing is kept. The refresh token is not revoked: on Keycloak that would end every refresh token of
+        # the user's session for this client, those of jobs already running included; held by nobody, it
+        # dies with that session.
+        raise ShortRefreshTokenError(short + ' Nothing was kept (short_refresh_token: fail).')
+    if short:
+        warnings.append(short)
+    if not get('persist'):
+        result['refresh_token'] = token.refresh_token
+    elif store.exists(name):
+        # Readers never see the account missing; a failure to revoke the old token costs a warning, not the new
+        # account. Only with force can the old file be unreadable: then its token cannot be revoked.
+        replaced = replace_grant(store, name, password, lambda current: account,
+                                 lambda old: account_client(get, old), overwrite_unreadable=True)
+        warnings.extend(replaced['warnings'])
+    else:
+        store.save(name, account, password)
+    if get('return_access_token') and token.access_token:
+        result['access_token'] = token.access_token
+        result['expires_at'] = token.expires_at
+    result['account'] = account_facts(name, account, path)
+    result['diff'] = {'before': before or {}, 'after': result['account']}
+    result['warnings'] = warnings
+    return result
+
+
+def _facts_if_readable(store, name, password, path):
+    try:
+        return account_facts(name, store.load(name, password), path)
+    except OidcTokensError:
+        return None

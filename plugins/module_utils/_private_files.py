@@ -4,7 +4,7 @@
 """Files and directories only the running user may read: atomic writes, 0700 directories, flock.
 
 The account store, the lookup's token cache and the refresher keep secrets with these. Standard
-library only (and the collection's errors): the lookup's cache-hit path imports this file.
+library only (and the collection's errors), so that whatever imports it stays light.
 
 Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 """

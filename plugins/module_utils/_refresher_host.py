@@ -30,7 +30,8 @@ import zipfile
 from collections import namedtuple
 
 # _refresher is the program this module installs, and the code that runs as the job user.
-from ansible_collections.oidc.tokens.plugins.module_utils import _private_files, _refresher
+from ansible_collections.oidc.tokens.plugins.module_utils import (
+    _account_store, _accounts, _options, _passwords, _private_files, _refresher)
 from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 
@@ -50,6 +51,16 @@ CRON_MARKER = '#Ansible: oidc.tokens refresher of account %s'
 
 class RefresherSetupError(OidcTokensError):
     """The refresher cannot be installed, scheduled, started or removed on this host."""
+
+
+class MissingLibrariesError(RefresherSetupError):
+    """The Python that runs the refresher (and the exchange) lacks libraries: ``missing`` names their packages."""
+
+    def __init__(self, python, missing):
+        super(MissingLibrariesError, self).__init__(
+            'The Python at %s cannot import %s, which the exchange and the refresher need: install them (the role '
+            'job_tokens does with job_tokens_install_dependencies).' % (python, ', '.join(missing)))
+        self.python, self.missing = python, missing
 
 
 class JobUser(namedtuple('JobUser', 'name uid gid home groups')):
@@ -501,6 +512,25 @@ def prepare_as_user(paths, password, check):
     return changed
 
 
+# The exchange options of oidc_token_exchange that oidc_refresher passes on, and what it fixes.
+EXCHANGE_OPTIONS = ('issuer', 'client_id', 'client_secret', 'auth_method', 'allow_insecure_http', 'ca_path',
+                    'validate_certs', 'timeout', 'retries', 'subject_token', 'subject_token_type', 'scope', 'audience',
+                    'lifetime', 'offline_access', 'short_refresh_token')
+EXCHANGE_FIXED = {'persist': True, 'requested_token_type': 'refresh_token', 'resource': None, 'actor_token': None,
+                  'actor_token_type': None, 'return_access_token': False}
+
+
+def exchange_as_user(paths, options, check):
+    """oidc_token_exchange's exchange, as the job user, into the account with the password the module keeps."""
+    store = _account_store.AccountStore(config_dir=paths['config_dir'])
+    password = None
+    if store.exists(paths['name']) or not check:
+        password = _passwords.resolve_password(password_file=paths['password_file'],
+                                               password_command=paths['password_command'])
+    client = _options.oauth_client(options.get)
+    return _accounts.exchange_account(store, paths['name'], password, client, options.get, check)
+
+
 def configure_as_user(paths, config, check):
     """Write the refresher's configuration: (changed, the configuration before or None)."""
 
@@ -596,10 +626,23 @@ def present(options, check):
 
 
 def started(options, check):
-    """present(), then the configuration, the schedule, the loop running and a valid token in the file."""
+    """present(), the exchange when a subject token is given, then the configuration, the schedule, the loop running
+    and a valid token in the file."""
     user, paths, result = present(options, check)
     scheduler = result['scheduler']
-    config = refresher_config(paths, dict(options, scheduler=scheduler))
+    lifetime_end = options['lifetime_end']
+    if options['subject_token']:
+        if result['missing_libraries']:
+            raise MissingLibrariesError(result['python'], result['missing_libraries'])
+        exchange = dict((key, options[key]) for key in EXCHANGE_OPTIONS)
+        exchange.update(EXCHANGE_FIXED, force=options['force_exchange'])
+        done = run_as(user, exchange_as_user, paths, exchange, check)
+        result['changed'] = result['changed'] or done['changed']
+        result['exchanged'] = done['exchanged']
+        result['account'] = done.get('account')
+        result['warnings'] = done.get('warnings') or []
+        lifetime_end = lifetime_end or (done.get('account') or {}).get('lifetime_end')
+    config = refresher_config(paths, dict(options, scheduler=scheduler, lifetime_end=lifetime_end))
     changed, before = run_as(user, configure_as_user, paths, config, check)
     result['diff'] = {'before': before or {}, 'after': config}
     if scheduler == 'systemd':

@@ -17,7 +17,9 @@ description:
     byte-identical for the same collection), makes the job user's private directories and, unless the user names their
     own, the account's password file (a random password when O(encryption_password) is not given). The account can then
     be made with M(oidc.tokens.oidc_token_exchange) as the job user, with RV(password_file) and RV(config_dir).
-  - O(state=started) does the same, then writes the refresher's configuration (no secret in it), schedules the
+  - O(state=started) does the same; with O(subject_token) it then exchanges it for the account as the job user, exactly
+    as M(oidc.tokens.oidc_token_exchange) does (an existing usable account is kept, unless O(force_exchange)); then it
+    writes the refresher's configuration (no secret in it), schedules the
     refresher (a systemd service and a watchdog timer where systemd runs, else a cron entry of the job user that starts
     it every minute should it have stopped), starts it, and returns when the WLCG bearer-token file holds an access token
     valid for at least O(min_valid_period) seconds. The account must exist.
@@ -28,6 +30,7 @@ description:
 author:
   - oidc.tokens maintainers (@oidc-tokens)
 extends_documentation_fragment:
+  - oidc.tokens.provider
   - oidc.tokens.connection
   - oidc.tokens.attributes
 attributes:
@@ -90,6 +93,49 @@ options:
     description:
       - A command that prints the account password, run as the job user whenever the refresher needs it.
     type: str
+  subject_token:
+    description:
+      - With O(state=started), the token to exchange for the account's refresh token (RFC 8693), usually the user's
+        access token; it must be valid now. Without it the account must exist (made by
+        M(oidc.tokens.oidc_token_exchange) with RV(password_file) and RV(config_dir) of O(state=present)).
+    type: str
+  subject_token_type:
+    description:
+      - The subject token's type, a token-type URN or C(access_token), C(id_token), C(jwt).
+    type: str
+    default: access_token
+  scope:
+    description:
+      - Scopes the refresh token should cover, as for M(oidc.tokens.oidc_token_exchange).
+    type: list
+    elements: str
+  audience:
+    description:
+      - RFC 8693 audiences of the tokens.
+    type: list
+    elements: str
+  lifetime:
+    description:
+      - Seconds the account is kept from its exchange; then the refresher revokes the refresh token and removes the
+        account (its RV(account.lifetime_end) becomes the refresher's O(lifetime_end)).
+    type: int
+  offline_access:
+    description:
+      - Whether the exchange asks for the C(offline_access) scope, as for M(oidc.tokens.oidc_token_exchange).
+    type: str
+    choices: [auto, always, never]
+    default: auto
+  short_refresh_token:
+    description:
+      - What a refresh token that dies before O(lifetime) ends means, as for M(oidc.tokens.oidc_token_exchange).
+    type: str
+    choices: [warn, fail]
+    default: warn
+  force_exchange:
+    description:
+      - Exchange O(subject_token) even when a usable account exists (its refresh token is then revoked).
+    type: bool
+    default: false
   min_valid_period:
     description:
       - Seconds an access token in the bearer-token file must still be valid; the refresher refreshes before.
@@ -152,6 +198,33 @@ seealso:
 '''
 
 EXAMPLES = r'''
+- name: Exchange alice's token for this worker's own account job1 and keep a fresh access token for her job
+  oidc.tokens.oidc_refresher:
+    name: job1
+    user: alice
+    issuer: https://op.example.org/
+    client_id: exchanger
+    client_secret: "{{ vault_client_secret }}"
+    subject_token: "{{ lookup('ansible.builtin.env', 'OIDC_AT') }}"
+    scope: [openid, compute.read]
+    lifetime: 259200
+  become: true
+  register: refresher
+
+- name: The job finds its token through BEARER_TOKEN_FILE
+  ansible.builtin.command: /opt/jobs/run-analysis
+  environment: "{{ refresher.environment }}"
+  become: true
+  become_user: alice
+
+- name: Job done, revoke and remove everything
+  oidc.tokens.oidc_refresher:
+    name: job1
+    user: alice
+    state: absent
+  become: true
+
+# The same with an account made separately (another module, another password source).
 - name: Prepare the worker for alice's account job1
   oidc.tokens.oidc_refresher:
     name: job1
@@ -160,7 +233,7 @@ EXAMPLES = r'''
   become: true
   register: host
 
-- name: Exchange the user's token for the worker's own refresh token, as alice
+- name: Exchange as alice, into the password file the module keeps
   oidc.tokens.oidc_token_exchange:
     name: job1
     issuer: https://op.example.org/
@@ -179,16 +252,17 @@ EXAMPLES = r'''
     user: alice
     lifetime_end: "{{ exchange.account.lifetime_end }}"
   become: true
-
-- name: Job done
-  oidc.tokens.oidc_refresher:
-    name: job1
-    user: alice
-    state: absent
-  become: true
 '''
 
 RETURN = r'''
+exchanged:
+  description: Whether O(subject_token) was exchanged (false when a usable account was kept).
+  returned: state is started and subject_token is given
+  type: bool
+account:
+  description: The account's non-secret details, as M(oidc.tokens.oidc_token_exchange) returns them.
+  returned: state is started and subject_token is given
+  type: dict
 token_file:
   description: The bearer-token file (C(BEARER_TOKEN_FILE) of the job).
   returned: state is present or started
@@ -258,6 +332,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.oidc.tokens.plugins.module_utils import _refresher_host
 from ansible_collections.oidc.tokens.plugins.module_utils._options import PROVIDER_ARGSPEC, STORE_ARGSPEC, run_module
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import OFFLINE_ACCESS_CHOICES
 
 STATES = {'present': _refresher_host.present, 'started': _refresher_host.started, 'absent': _refresher_host.absent}
 
@@ -266,7 +341,10 @@ def run(module):
     params = module.params
     if params['state'] == 'present':
         return STATES['present'](params, module.check_mode)[2]
-    result = STATES[params['state']](params, module.check_mode)
+    try:
+        result = STATES[params['state']](params, module.check_mode)
+    except _refresher_host.MissingLibrariesError as exc:
+        module.fail_json(msg=str(exc), missing_libraries=exc.missing, python=exc.python)
     if params['state'] == 'absent':
         if result.get('error'):
             module.fail_json(msg='The refresh token of account %r was not revoked: %s. The schedule, the refresher and '
@@ -284,7 +362,15 @@ def run(module):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            dict((key, PROVIDER_ARGSPEC[key]) for key in ('ca_path', 'validate_certs', 'timeout', 'retries')),
+            PROVIDER_ARGSPEC,
+            subject_token=dict(type='str', no_log=True),
+            subject_token_type=dict(type='str', default='access_token'),
+            scope=dict(type='list', elements='str'),
+            audience=dict(type='list', elements='str'),
+            lifetime=dict(type='int'),
+            offline_access=dict(type='str', default='auto', choices=list(OFFLINE_ACCESS_CHOICES)),
+            short_refresh_token=dict(type='str', default='warn', choices=['warn', 'fail']),
+            force_exchange=dict(type='bool', default=False),
             config_dir=STORE_ARGSPEC['config_dir'],
             encryption_password=STORE_ARGSPEC['encryption_password'],
             encryption_password_file=STORE_ARGSPEC['encryption_password_file'],
@@ -305,6 +391,7 @@ def main():
             force=dict(type='bool', default=False),
             keep_logs=dict(type='bool', default=True),
         ),
+        required_by={'subject_token': ('issuer', 'client_id')},
         mutually_exclusive=[('encryption_password_command', 'encryption_password'),
                             ('encryption_password_command', 'encryption_password_file')],
         supports_check_mode=True,

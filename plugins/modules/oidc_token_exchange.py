@@ -226,99 +226,24 @@ refresh_token:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
-    PROVIDER_ARGSPEC, STORE_ARGSPEC, account_client, account_store, argspec, encryption_password, oauth_client,
-    require_libraries, run_module)
+    PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
+    run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import TOKEN_TYPE_REFRESH, resolve_token_type
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
-from ansible_collections.oidc.tokens.plugins.module_utils._accounts import replace_grant
-from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    OFFLINE_ACCESS_CHOICES, ShortRefreshTokenError, account_facts, account_is_usable, build_account, exchange,
-    short_refresh_token)
+from ansible_collections.oidc.tokens.plugins.module_utils._accounts import exchange_account
+from ansible_collections.oidc.tokens.plugins.module_utils._tokens import OFFLINE_ACCESS_CHOICES
 
 
 def run(module):
     params = module.params
-    name = params['name']
     if resolve_token_type(params['requested_token_type']) != TOKEN_TYPE_REFRESH:
         module.fail_json(msg='requested_token_type must be a refresh token: this module keeps a refresh token. '
                              'Use the provider directly for other exchanges.')
     store = account_store(params.get)
-    path = store.path(name)
     # A check run that would create the account needs no password: its source may be what an earlier task of the
     # same check run would have made (a password file), and nothing is encrypted.
-    needs_password = params['persist'] and (store.exists(name) or not module.check_mode)
+    needs_password = params['persist'] and (store.exists(params['name']) or not module.check_mode)
     password = encryption_password(params.get) if needs_password else None
-    client = oauth_client(params.get)
-
-    before = None
-    replace_reason = 'no account of that name exists'
-    if params['persist'] and store.exists(name):
-        if params['force']:
-            replace_reason = 'force is set'
-            before = _facts_if_readable(store, name, password, path)
-        else:
-            existing = store.load(name, password)
-            before = account_facts(name, existing, path)
-            replace_reason = account_is_usable(existing, client.issuer, client.client_id)
-            if replace_reason is None:
-                return {'changed': False, 'exchanged': False, 'account': before,
-                        'diff': {'before': before, 'after': before}}
-
-    result = {'changed': True, 'exchanged': True, 'msg': 'Exchanged because %s.' % replace_reason}
-    if module.check_mode:
-        planned = build_account(name, params['issuer'], client.client_id, None, None, params['scope'],
-                                params['audience'], params['resource'], params['lifetime'], ca_path=params['ca_path'])
-        result['account'] = account_facts(name, planned, path)
-        result['diff'] = {'before': before or {}, 'after': result['account']}
-        return result
-
-    token = exchange(client, params['subject_token'], params['subject_token_type'], params['requested_token_type'],
-                     params['scope'], params['audience'], params['resource'], params['actor_token'],
-                     params['actor_token_type'], offline_access=params['offline_access'])
-    # The issuer as the provider names it, and the client authentication that worked (a provider may
-    # accept only the method the client was registered with).
-    account = build_account(name, client.announced_issuer, client.client_id, params['client_secret'],
-                            token.refresh_token, token.scope or params['scope'], params['audience'],
-                            params['resource'], params['lifetime'], ca_path=params['ca_path'],
-                            auth_method=client.auth_method)
-    account.meta.update({'offline_access': token.offline_access_requested,
-                         'refresh_token_expires_at': token.refresh_token_expires_at})
-    if token.access_token and token.expires_at:
-        account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
-                             'access_token_scope': token.scope})
-    warnings = []
-    short = short_refresh_token(name, account)
-    if short and params['short_refresh_token'] == 'fail':
-        # Nothing is kept. The refresh token is not revoked: on Keycloak that would end every refresh token of
-        # the user's session for this client, those of jobs already running included; held by nobody, it
-        # dies with that session.
-        raise ShortRefreshTokenError(short + ' Nothing was kept (short_refresh_token: fail).')
-    if short:
-        warnings.append(short)
-    if not params['persist']:
-        result['refresh_token'] = token.refresh_token
-    elif store.exists(name):
-        # Readers never see the account missing; a failure to revoke the old token costs a warning, not the new
-        # account. Only with force can the old file be unreadable: then its token cannot be revoked.
-        replaced = replace_grant(store, name, password, lambda current: account,
-                                 lambda old: account_client(params.get, old), overwrite_unreadable=True)
-        warnings.extend(replaced['warnings'])
-    else:
-        store.save(name, account, password)
-    if params['return_access_token'] and token.access_token:
-        result['access_token'] = token.access_token
-        result['expires_at'] = token.expires_at
-    result['account'] = account_facts(name, account, path)
-    result['diff'] = {'before': before or {}, 'after': result['account']}
-    result['warnings'] = warnings
-    return result
-
-
-def _facts_if_readable(store, name, password, path):
-    try:
-        return account_facts(name, store.load(name, password), path)
-    except OidcTokensError:
-        return None
+    return exchange_account(store, params['name'], password, oauth_client(params.get), params.get, module.check_mode)
 
 
 def main():
