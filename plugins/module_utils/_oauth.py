@@ -20,29 +20,15 @@ import math
 import os
 import random
 import time
-import traceback
 from urllib.parse import quote_plus, urlsplit, urlunsplit
 
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._imports import CRYPTOGRAPHY, REQUESTS
 
-# requests is imported on first use (requests_import_error): it costs a module run ~0.2 s, which
+# requests is imported on first use (_imports.REQUESTS): it costs a module run ~0.2 s, which
 # tasks that never talk to the provider (listing accounts, local updates) should not pay.
-requests = None
-HAS_REQUESTS = None        # None: not tried yet; then True or False
-REQUESTS_IMPORT_ERROR = None
-
-
-def requests_import_error():
-    """None when requests imports, else the import's traceback. Imports it on the first call."""
-    global requests, HAS_REQUESTS, REQUESTS_IMPORT_ERROR
-    if HAS_REQUESTS is None:
-        try:
-            import requests
-            HAS_REQUESTS = True
-        except ImportError:
-            HAS_REQUESTS = False
-            REQUESTS_IMPORT_ERROR = traceback.format_exc()
-    return None if HAS_REQUESTS else (REQUESTS_IMPORT_ERROR or 'requests could not be imported.')
+# The lookup asks through this name.
+requests_import_error = REQUESTS.import_error
 
 
 TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
@@ -306,8 +292,7 @@ class OAuthClient(object):
     def __init__(self, issuer, client_id, client_secret=None, auth_method=None, ca_path=None,
                  validate_certs=True, timeout=10, retries=3, backoff=0.5, allow_insecure_http=False,
                  user_agent='oidc.tokens'):
-        if requests_import_error() is not None:
-            raise OAuthError('The Python library requests is required on this host (pip install requests).')
+        requests = REQUESTS.require(OAuthError, 'on this host')
         if auth_method is not None and auth_method not in AUTH_METHODS:
             raise OAuthError('Unknown client authentication method %r; use one of %s.'
                              % (auth_method, ', '.join(AUTH_METHODS)))
@@ -539,6 +524,7 @@ class OAuthClient(object):
         return self.ca_path or os.environ.get('REQUESTS_CA_BUNDLE') or os.environ.get('CURL_CA_BUNDLE') or True
 
     def _send(self, method, url, form, headers, idempotent, what):
+        requests = REQUESTS.module
         verify = self._verify()
         proxies = requests.utils.get_environ_proxies(url)
         attempt = 0
@@ -635,6 +621,7 @@ def _retry_after_seconds(response):
 
 def _is_connect_failure(exc):
     """True when the request never reached the provider (refused, DNS, connect timeout)."""
+    requests = REQUESTS.module
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -744,13 +731,12 @@ def verify_jwt(token, jwks, issuer, now=None, leeway=0, audience=None):
         if not expected_audiences or not all(expected_audiences):
             raise OAuthError('audience must be a non-empty string or a non-empty list of them, to check the JWT\'s aud '
                              'against.')
-    try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-    except ImportError:
-        raise OAuthError('The Python library cryptography is required to verify JWTs (pip install cryptography).')
+    CRYPTOGRAPHY.require(OAuthError, 'to verify JWTs')
+    # Imported by CRYPTOGRAPHY.require: these only name what is loaded.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
     parts, why = _jwt_decode(token)
     if why == 'nested too deeply':
         raise TokenVerificationError('The JWT\'s header or payload is nested too deeply to be JSON we accept '
