@@ -26,6 +26,16 @@ class AccountIdentityError(OidcTokensError):
     """
 
 
+# --- OAuth (_oauth, _jwt) ----------------------------------------------------------------------
+
+class OAuthError(OidcTokensError):
+    """Base of the errors of the OAuth client (_oauth) and of JWT verification (_jwt)."""
+
+
+class TokenVerificationError(OAuthError):
+    """A JWT failed verification: bad signature, unknown key, wrong issuer, expired, or alg none."""
+
+
 # --- the account store -----------------------------------------------------------------------
 
 class AccountStoreError(OidcTokensError):

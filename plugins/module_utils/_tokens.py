@@ -21,8 +21,9 @@ from __future__ import annotations
 import time
 
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._jwt import jwt_claims
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
-    ProviderError, TOKEN_TYPE_REFRESH, jwt_claims, normalize_issuer, resolve_token_type)
+    ProviderError, TOKEN_TYPE_REFRESH, normalize_issuer, resolve_token_type)
 from ansible_collections.oidc.tokens.plugins.module_utils._account_file import Account
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
