@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to the oidc.tokens collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The collection's exception base, and the errors of the account store and its private files.
+"""The collection's exception base, the OAuth client's base error (shared by _oauth and _jwt), and the errors
+of the account store and its private files.
 
 Standard library only: the lookup's cache-hit path imports this file.
 
