@@ -24,10 +24,11 @@ import operator
 from collections import namedtuple
 
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, same_items, space_separated
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
 from ansible_collections.oidc.tokens.plugins.module_utils._options import account_client, oauth_client
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    SAME_SESSION_NOTE, account_facts, as_list, build_account, lifetime_fields, same_session, stored_lifetime)
+    SAME_SESSION_NOTE, account_facts, build_account, lifetime_fields, same_session, stored_lifetime)
 
 # Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
 META_RT_FINGERPRINT = 'refresh_token_given_sha256'   # SHA-256 of the token oidc_account was last given
@@ -58,10 +59,6 @@ def check_lifetime(lifetime):
 
 # -- the field plan ---------------------------------------------------------------------------------------
 
-def _same_list(value, stored):
-    return sorted(set(as_list(value))) == sorted(set(as_list(stored)))
-
-
 def _same_issuer(value, stored):
     return normalize_issuer(value) == normalize_issuer(stored)
 
@@ -85,7 +82,7 @@ def _set_issuer(account, value):
 
 
 def _set_audience(account, value):
-    account['audience'] = ' '.join(as_list(value))
+    account['audience'] = space_separated(value)
     account.meta['audience'] = as_list(value)
 
 
@@ -111,11 +108,11 @@ FIELDS = (   # in the order changed_fields reports them, after refresh_token and
     Field('client_id', _stored('client_id'), _set('client_id'), grant='client', drops_access_token=True),
     Field('client_secret', _stored('client_secret'), _set('client_secret'), drops_access_token=True),
     Field('ca_path', _stored('cert_path'), _set('cert_path')),
-    Field('scope', _stored('scope'), _set('scope', lambda value: ' '.join(as_list(value))), given=_not_none,
-          same=_same_list),
+    Field('scope', _stored('scope'), _set('scope', space_separated), given=_not_none,
+          same=same_items),
     Field('audience', lambda a: a.meta.get('audience') or a.get('audience'), _set_audience, given=_not_none,
-          same=_same_list),
-    Field('resource', lambda a: a.meta.get('resource'), _set_resource, given=_not_none, same=_same_list),
+          same=same_items),
+    Field('resource', lambda a: a.meta.get('resource'), _set_resource, given=_not_none, same=same_items),
 )
 
 # Changes the provider must confirm (validate) before they are written: a new refresh token.

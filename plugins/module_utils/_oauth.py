@@ -24,6 +24,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._errors import OAuthEr
 from ansible_collections.oidc.tokens.plugins.module_utils._imports import REQUESTS
 from ansible_collections.oidc.tokens.plugins.module_utils._json import MAX_JSON_DEPTH, JsonTooDeep, load_json
 from ansible_collections.oidc.tokens.plugins.module_utils._jwt import jwt_claims, verify_jwt
+from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, space_separated
 
 # requests is imported on first use (_imports.REQUESTS): it costs a module run ~0.2 s, which
 # tasks that never talk to the provider (listing accounts, local updates) should not pay.
@@ -145,25 +146,6 @@ def check_url_transport(url, allow_insecure_http=False):
     raise InsecureTransportError(
         'Refusing plain http:// to %s: tokens and client secrets would cross the network unencrypted. '
         'Use https://, or set allow_insecure_http if this is really wanted.' % parts.hostname)
-
-
-def _space_list(value):
-    """A scope given as a list or a space-separated string, as one space-separated string."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        items = [str(v).strip() for v in value if str(v).strip()]
-    else:
-        items = str(value).split()
-    return ' '.join(items) if items else None
-
-
-def _as_list(value):
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if v]
-    return [value] if value else []
 
 
 class TokenResponse(object):
@@ -352,11 +334,11 @@ class OAuthClient(object):
         ]
         if requested_token_type:
             form.append(('requested_token_type', resolve_token_type(requested_token_type)))
-        scope = _space_list(scope)
+        scope = space_separated(scope)
         if scope:
             form.append(('scope', scope))
-        form.extend(('audience', a) for a in _as_list(audience))
-        form.extend(('resource', r) for r in _as_list(resource))
+        form.extend(('audience', a) for a in as_list(audience))
+        form.extend(('resource', r) for r in as_list(resource))
         if actor_token:
             if not actor_token_type:
                 raise OAuthError('actor_token_type is required with an actor_token (RFC 8693 §2.1).')
@@ -369,11 +351,11 @@ class OAuthClient(object):
         if not refresh_token:
             raise OAuthError('No refresh token was given.')
         form = [('grant_type', 'refresh_token'), ('refresh_token', refresh_token)]
-        scope = _space_list(scope)
+        scope = space_separated(scope)
         if scope:
             form.append(('scope', scope))
-        form.extend(('audience', a) for a in _as_list(audience))
-        form.extend(('resource', r) for r in _as_list(resource))
+        form.extend(('audience', a) for a in as_list(audience))
+        form.extend(('resource', r) for r in as_list(resource))
         return self._token_request(form, what='refresh')
 
     def revoke(self, token, token_type_hint='refresh_token'):

@@ -12,7 +12,7 @@ import pytest
 from ansible_collections.oidc.tokens.plugins.module_utils import _oauth
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
     DiscoveryError, InsecureTransportError, OAuthClient, OAuthError, ProviderError, ResponseError, TOKEN_TYPE_ACCESS, TOKEN_TYPE_ID,
-    TOKEN_TYPE_JWT, TOKEN_TYPE_REFRESH, TokenResponse, _body_hint, _space_list,
+    TOKEN_TYPE_JWT, TOKEN_TYPE_REFRESH, TokenResponse, _body_hint,
     check_url_transport, normalize_issuer, resolve_token_type)
 
 
@@ -60,13 +60,6 @@ def test_insecure_http_can_be_allowed_explicitly():
                                         (TOKEN_TYPE_ACCESS, TOKEN_TYPE_ACCESS)])
 def test_token_type_short_names(short, urn):
     assert resolve_token_type(short) == urn
-
-
-@pytest.mark.parametrize('value, expected', [(['openid', ' compute.read '], 'openid compute.read'),
-                                             ('openid  compute.read', 'openid compute.read'),
-                                             ([], None), (None, None), ('', None)])
-def test_scope_lists(value, expected):
-    assert _space_list(value) == expected
 
 
 def test_common_exchange_response():
