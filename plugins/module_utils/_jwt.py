@@ -79,7 +79,7 @@ def _show_audiences(audiences):
 def verify_jwt(token, jwks, issuer, now=None, leeway=0, audience=None):
     """Verify a JWT's signature with a JWKS (RS*, PS*, ES*), its issuer and its time claims (exp is
     required). When audience (a string or a list of strings) is given, the token's aud must name at
-    least one of them."""
+    least one of them. Trailing slashes of the issuer do not count (IAM's issuers have one)."""
     expected_audiences = None
     if audience is not None:
         expected_audiences = _audience_list(audience)
