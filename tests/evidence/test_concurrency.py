@@ -328,8 +328,17 @@ def test_kill_minus_9_of_store_writers(tmp_path):
             proc = subprocess.Popen([sys.executable, str(script), config_dir, 'crashy', mode],
                                     stdout=out, stderr=subprocess.PIPE, env=env,
                                     stdin=subprocess.DEVNULL)
-        # Python start-up and imports take ~0.2 s; each update/save then costs ~0.1 s.
-        time.sleep(rng.uniform(0.15, 0.75))
+        if i % 5:
+            # Most kills land in the writer's loop, after its first version started: start-up (~0.2 s idle, far
+            # more on a loaded machine) must not eat the time in which the writes happen. Each update or save
+            # then costs ~0.1 s.
+            deadline = time.monotonic() + 15
+            while 'start ' not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.6))
+        else:
+            # The others anywhere from the start (imports, key derivation, the first write).
+            time.sleep(rng.uniform(0.15, 0.75))
         if proc.poll() is not None:
             pytest.fail('writer died on its own: %s' % proc.stderr.read().decode())
         os.kill(proc.pid, signal.SIGKILL)
