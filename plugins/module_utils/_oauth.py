@@ -599,5 +599,3 @@ def _body_hint(body):
     if not text.strip():
         return ' (an empty body)'
     return ''
-
-
