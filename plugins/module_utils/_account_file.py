@@ -30,18 +30,15 @@ import hmac
 import json
 import re
 import secrets
-import traceback
 
 from collections.abc import MutableMapping
 
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
     AccountStoreError, CorruptAccountError, MissingDependencyError, UnsupportedFormatError, WrongPasswordError)
+from ansible_collections.oidc.tokens.plugins.module_utils._imports import NACL
 
-# PyNaCl is imported on first use (nacl_import_error), not here: code that imports the store but
+# PyNaCl is imported on first use (_imports.NACL), not here: code that imports the store but
 # never encrypts or decrypts does not load it, and where it is missing the caller says so plainly.
-nacl = None
-HAS_NACL = None            # None: not tried yet; then True or False
-NACL_IMPORT_ERROR = None
 
 # --- the format ------------------------------------------------------------------------------
 
@@ -75,28 +72,9 @@ SECRET_FIELDS = frozenset(('client_secret', 'refresh_token', 'password', 'access
 _VERSION_RE = re.compile(r'^Generated using version: ([0-9]+)\.([0-9]+)\.([0-9]+)\S*$')
 
 
-def nacl_import_error():
-    """None when PyNaCl imports, else the import's traceback. Imports it on the first call."""
-    global nacl, HAS_NACL, NACL_IMPORT_ERROR
-    if HAS_NACL is None:
-        try:
-            import nacl.exceptions
-            import nacl.pwhash.argon2id
-            import nacl.secret
-            HAS_NACL = True
-        except ImportError:
-            HAS_NACL = False
-            NACL_IMPORT_ERROR = traceback.format_exc()
-    return None if HAS_NACL else (NACL_IMPORT_ERROR or 'PyNaCl could not be imported.')
-
-
 def require_nacl():
-    """Raise MissingDependencyError when PyNaCl does not import."""
-    if nacl_import_error() is not None:
-        raise MissingDependencyError(
-            'The oidc.tokens account store needs the Python library PyNaCl (python3-nacl, '
-            'pip install PyNaCl) on the host where it runs; importing it failed:\n%s'
-            % NACL_IMPORT_ERROR)
+    """The nacl package; MissingDependencyError when PyNaCl does not import."""
+    return NACL.require(MissingDependencyError, 'for the oidc.tokens account store on the host where it runs')
 
 
 # --- the account -----------------------------------------------------------------------------
@@ -319,7 +297,7 @@ def parse_account_file(content, account=None, path=None):
 
 def derive_key(password, salt):
     """One Argon2id13 derivation (opslimit 2, memlimit 64 MiB, 64 bytes) -> _Key."""
-    require_nacl()
+    nacl = require_nacl()
     out = nacl.pwhash.argon2id.kdf(2 * KEY_BYTES, password, salt,
                                    opslimit=OPSLIMIT, memlimit=MEMLIMIT)
     return _Key(salt, out[:KEY_BYTES], out[KEY_BYTES:])
@@ -327,7 +305,7 @@ def derive_key(password, salt):
 
 def encrypt_account_bytes(plaintext, key):
     """The seven-line file for ``plaintext`` (bytes) under a derived key, with a fresh nonce."""
-    require_nacl()
+    nacl = require_nacl()
     if b'\x00' in plaintext:
         raise ValueError('plaintext must not contain NUL bytes (oidc-agent uses C strings)')
     nonce = secrets.token_bytes(NONCE_BYTES)
@@ -340,7 +318,7 @@ def encrypt_account_bytes(plaintext, key):
 
 def decrypt_parsed(parsed, key, account=None, path=None):
     """Plaintext bytes of a parsed file, or WrongPasswordError / CorruptAccountError."""
-    require_nacl()
+    nacl = require_nacl()
     if not hmac.compare_digest(key.hash_key, parsed.hash_key):
         raise WrongPasswordError('Wrong encryption password for account %r (%s). The file was '
                                  'left as it is.' % (account, path), account=account, path=path)

@@ -13,6 +13,7 @@ replacing its grant.
   (``refresh_token_activity``).
 - ``replace_grant``: write an account over the one it replaces, under its lock, then revoke the refresh token
   it replaced; used by oidc_account and oidc_token_exchange.
+- ``remove_account``: oidc_account's state absent (revoke, then delete; check mode; force).
 
 Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 """
@@ -24,11 +25,14 @@ import operator
 from collections import namedtuple
 
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, same_items, space_separated
+from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DiscoveryError, normalize_issuer
-from ansible_collections.oidc.tokens.plugins.module_utils._options import account_client, oauth_client
+from ansible_collections.oidc.tokens.plugins.module_utils._options import (
+    PASSWORD_SOURCES, account_client, encryption_password, oauth_client)
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    SAME_SESSION_NOTE, ShortRefreshTokenError, account_facts, account_is_usable, as_list, build_account, exchange,
-    lifetime_fields, same_session, short_refresh_token, stored_lifetime)
+    SAME_SESSION_NOTE, ShortRefreshTokenError, account_facts, account_is_usable, build_account, exchange,
+    lifetime_fields, revoke_account, same_session, short_refresh_token, stored_lifetime)
 
 # Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
 META_RT_FINGERPRINT = 'refresh_token_given_sha256'   # SHA-256 of the token oidc_account was last given
@@ -59,10 +63,6 @@ def check_lifetime(lifetime):
 
 # -- the field plan ---------------------------------------------------------------------------------------
 
-def _same_list(value, stored):
-    return sorted(set(as_list(value))) == sorted(set(as_list(stored)))
-
-
 def _same_issuer(value, stored):
     return normalize_issuer(value) == normalize_issuer(stored)
 
@@ -86,7 +86,7 @@ def _set_issuer(account, value):
 
 
 def _set_audience(account, value):
-    account['audience'] = ' '.join(as_list(value))
+    account['audience'] = space_separated(value)
     account.meta['audience'] = as_list(value)
 
 
@@ -112,11 +112,11 @@ FIELDS = (   # in the order changed_fields reports them, after refresh_token and
     Field('client_id', _stored('client_id'), _set('client_id'), grant='client', drops_access_token=True),
     Field('client_secret', _stored('client_secret'), _set('client_secret'), drops_access_token=True),
     Field('ca_path', _stored('cert_path'), _set('cert_path')),
-    Field('scope', _stored('scope'), _set('scope', lambda value: ' '.join(as_list(value))), given=_not_none,
-          same=_same_list),
+    Field('scope', _stored('scope'), _set('scope', space_separated), given=_not_none,
+          same=same_items),
     Field('audience', lambda a: a.meta.get('audience') or a.get('audience'), _set_audience, given=_not_none,
-          same=_same_list),
-    Field('resource', lambda a: a.meta.get('resource'), _set_resource, given=_not_none, same=_same_list),
+          same=same_items),
+    Field('resource', lambda a: a.meta.get('resource'), _set_resource, given=_not_none, same=same_items),
 )
 
 # Changes the provider must confirm (validate) before they are written: a new refresh token.
@@ -455,3 +455,54 @@ def _facts_if_readable(store, name, password, path):
         return account_facts(name, store.load(name, password), path)
     except OidcTokensError:
         return None
+
+
+# -- removing the account -----------------------------------------------------------------------------------
+
+def remove_account(store, name, get, client_for, revoke=True, force=False, check_mode=False):
+    """oidc_account's state absent: revoke the account's refresh token (``revoke``) with ``client_for(account)``,
+    then delete the account and the lookup's cached tokens of it.
+
+    The password (from ``get``'s password options) is needed to revoke, or, without revoke, only to show the
+    account's facts. ``force``: an account that cannot be read or whose token cannot be revoked is removed all the
+    same, with a warning. In check mode nothing is revoked or deleted; the result says what would be.
+
+    Returns the module's result: ``changed``, ``account`` (the facts before), ``changed_fields``, ``revoked``,
+    ``diff``, ``warnings``, and ``msg`` when there was no account.
+    """
+    result = {'changed': False, 'account': {}, 'changed_fields': [], 'revoked': False}
+    if not store.exists(name):
+        result['msg'] = 'Account %r does not exist.' % name
+        return result
+    has_password = any(get(source) is not None for source in PASSWORD_SOURCES)
+    before = {'name': name, 'path': store.path(name)}
+    warnings = []
+    password = None
+    if revoke or has_password:
+        try:
+            password = encryption_password(get)
+            # With revoke (and not in check mode) revoke_account reads the account under its lock.
+            if check_mode or not revoke:
+                before = facts_of(name, store.load(name, password), store.path(name))
+        except OidcTokensError as exc:
+            if not force:
+                raise
+            if check_mode or not revoke:
+                warnings.append('Account %r could not be read (%s); it is removed without revoking its refresh '
+                                'token because force is set.' % (name, exc))
+            password = None
+    result.update(changed=True, changed_fields=['account'], warnings=warnings)
+    if check_mode:
+        result.update(account=before, revoked=bool(revoke and before.get('has_refresh_token')),
+                      diff={'before': before, 'after': {}})
+        return result
+    if revoke:
+        outcome = revoke_account(store, name, password, client_for, remove=True, force=force)
+        before = dict(outcome['facts'] or before)
+        result.update(revoked=outcome['revoked'], changed=outcome['changed'])
+        warnings.extend(outcome['warnings'])
+    else:
+        result['changed'] = store.delete(name)
+        drop_account_entries(store.config_dir, name)
+    result.update(account=before, diff={'before': before, 'after': {}})
+    return result

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to the oidc.tokens collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The collection's exception base, and the errors of the account store and its private files.
+"""The collection's exception base, the OAuth client's base error (shared by _oauth and _jwt), and the errors
+of the account store and its private files.
 
 Standard library only: the lookup's cache-hit path imports this file.
 
@@ -24,6 +25,16 @@ class AccountIdentityError(OidcTokensError):
 
     An account's refresh token is only ever sent to its own issuer, by its own client.
     """
+
+
+# --- OAuth (_oauth, _jwt) ----------------------------------------------------------------------
+
+class OAuthError(OidcTokensError):
+    """Base of the errors of the OAuth client (_oauth) and of JWT verification (_jwt)."""
+
+
+class TokenVerificationError(OAuthError):
+    """A JWT failed verification: bad signature, unknown key, wrong issuer, expired, or alg none."""
 
 
 # --- the account store -----------------------------------------------------------------------

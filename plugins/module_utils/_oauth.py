@@ -3,9 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The collection's only OAuth 2.0 / OpenID Connect client.
 
-Discovery (OIDC and RFC 8414), token exchange (RFC 8693), refresh, revocation (RFC 7009) and
-introspection (RFC 7662) over HTTP. Modules, the lookup and the on-host refresher all use this
-file; nothing else in the collection builds an HTTP request.
+Discovery (OIDC and RFC 8414), token exchange (RFC 8693), refresh, revocation (RFC 7009),
+introspection (RFC 7662) and the provider's JWKS over HTTP. Modules, the lookup and the on-host
+refresher all use this file; nothing else in the collection builds an HTTP request. JWTs are
+decoded and verified in _jwt.py.
 
 Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 """
@@ -13,36 +14,20 @@ Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
-import json
-import math
 import os
 import random
 import time
-import traceback
 from urllib.parse import quote_plus, urlsplit, urlunsplit
 
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._errors import OAuthError
+from ansible_collections.oidc.tokens.plugins.module_utils._imports import REQUESTS
+from ansible_collections.oidc.tokens.plugins.module_utils._json import MAX_JSON_DEPTH, JsonTooDeep, load_json
+from ansible_collections.oidc.tokens.plugins.module_utils._jwt import jwt_claims, verify_jwt
+from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, space_separated
 
-# requests is imported on first use (requests_import_error): it costs a module run ~0.2 s, which
+# requests is imported on first use (_imports.REQUESTS): it costs a module run ~0.2 s, which
 # tasks that never talk to the provider (listing accounts, local updates) should not pay.
-requests = None
-HAS_REQUESTS = None        # None: not tried yet; then True or False
-REQUESTS_IMPORT_ERROR = None
-
-
-def requests_import_error():
-    """None when requests imports, else the import's traceback. Imports it on the first call."""
-    global requests, HAS_REQUESTS, REQUESTS_IMPORT_ERROR
-    if HAS_REQUESTS is None:
-        try:
-            import requests
-            HAS_REQUESTS = True
-        except ImportError:
-            HAS_REQUESTS = False
-            REQUESTS_IMPORT_ERROR = traceback.format_exc()
-    return None if HAS_REQUESTS else (REQUESTS_IMPORT_ERROR or 'requests could not be imported.')
 
 
 TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
@@ -64,11 +49,6 @@ AUTH_METHODS = ('client_secret_basic', 'client_secret_post')
 # A token endpoint answers in a few KiB; anything far larger is not an OAuth response.
 MAX_RESPONSE_BYTES = 1024 * 1024
 
-# OAuth answers and JWT claims are a few levels deep. Deeper JSON is refused: json.loads of thousands
-# of levels raises RecursionError, and a few hundred would still break whatever walks the value later
-# (Ansible's result handling, json.dumps) with one.
-MAX_JSON_DEPTH = 64
-
 # Statuses after which the provider did not process the request, so spending a credential again is safe.
 # Not 502 or 504: a gateway sends those when the provider's answer came broken or too late, after the
 # provider may have rotated the refresh token.
@@ -76,10 +56,6 @@ _NOT_PROCESSED_STATUSES = frozenset((503,))
 
 # Discovery documents, per process, keyed by normalised issuer: one fetch per worker process.
 _METADATA_CACHE = {}
-
-
-class OAuthError(OidcTokensError):
-    """Base of the errors of this file."""
 
 
 class InsecureTransportError(OAuthError):
@@ -112,41 +88,6 @@ class ProviderError(OAuthError):
         """The provider did not accept the client's credentials or their method: invalid_client (RFC 6749
         §5.2), or the HTTP 401 unauthorized_client that Keycloak answers instead."""
         return self.error == 'invalid_client' or (self.error == 'unauthorized_client' and self.status == 401)
-
-
-class TokenVerificationError(OAuthError):
-    """A JWT failed verification: bad signature, unknown key, wrong issuer, expired, or alg none."""
-
-
-class _JsonTooDeep(ValueError):
-    """JSON nested deeper than MAX_JSON_DEPTH, or deeper than the parser's recursion allows."""
-
-
-def _json_too_deep(value, limit=MAX_JSON_DEPTH):
-    """True when lists and objects in value nest more than limit levels. Iterative: no recursion."""
-    if not isinstance(value, (dict, list)):
-        return False
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
-
-
-def _load_json(text):
-    """json.loads, but JSON nested too deeply raises _JsonTooDeep (a ValueError), never RecursionError."""
-    too_deep = False
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        too_deep = True
-    # Raised outside the except block, so no RecursionError rides along as the context.
-    if too_deep or _json_too_deep(value):
-        raise _JsonTooDeep('JSON nested more than %d levels deep.' % MAX_JSON_DEPTH)
-    return value
 
 
 class DiscoveryError(OAuthError):
@@ -203,25 +144,6 @@ def check_url_transport(url, allow_insecure_http=False):
     raise InsecureTransportError(
         'Refusing plain http:// to %s: tokens and client secrets would cross the network unencrypted. '
         'Use https://, or set allow_insecure_http if this is really wanted.' % parts.hostname)
-
-
-def _space_list(value):
-    """A scope given as a list or a space-separated string, as one space-separated string."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        items = [str(v).strip() for v in value if str(v).strip()]
-    else:
-        items = str(value).split()
-    return ' '.join(items) if items else None
-
-
-def _as_list(value):
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if v]
-    return [value] if value else []
 
 
 class TokenResponse(object):
@@ -306,8 +228,7 @@ class OAuthClient(object):
     def __init__(self, issuer, client_id, client_secret=None, auth_method=None, ca_path=None,
                  validate_certs=True, timeout=10, retries=3, backoff=0.5, allow_insecure_http=False,
                  user_agent='oidc.tokens'):
-        if requests_import_error() is not None:
-            raise OAuthError('The Python library requests is required on this host (pip install requests).')
+        requests = REQUESTS.require(OAuthError, 'on this host')
         if auth_method is not None and auth_method not in AUTH_METHODS:
             raise OAuthError('Unknown client authentication method %r; use one of %s.'
                              % (auth_method, ', '.join(AUTH_METHODS)))
@@ -411,11 +332,11 @@ class OAuthClient(object):
         ]
         if requested_token_type:
             form.append(('requested_token_type', resolve_token_type(requested_token_type)))
-        scope = _space_list(scope)
+        scope = space_separated(scope)
         if scope:
             form.append(('scope', scope))
-        form.extend(('audience', a) for a in _as_list(audience))
-        form.extend(('resource', r) for r in _as_list(resource))
+        form.extend(('audience', a) for a in as_list(audience))
+        form.extend(('resource', r) for r in as_list(resource))
         if actor_token:
             if not actor_token_type:
                 raise OAuthError('actor_token_type is required with an actor_token (RFC 8693 §2.1).')
@@ -428,11 +349,11 @@ class OAuthClient(object):
         if not refresh_token:
             raise OAuthError('No refresh token was given.')
         form = [('grant_type', 'refresh_token'), ('refresh_token', refresh_token)]
-        scope = _space_list(scope)
+        scope = space_separated(scope)
         if scope:
             form.append(('scope', scope))
-        form.extend(('audience', a) for a in _as_list(audience))
-        form.extend(('resource', r) for r in _as_list(resource))
+        form.extend(('audience', a) for a in as_list(audience))
+        form.extend(('resource', r) for r in as_list(resource))
         return self._token_request(form, what='refresh')
 
     def revoke(self, token, token_type_hint='refresh_token'):
@@ -539,6 +460,7 @@ class OAuthClient(object):
         return self.ca_path or os.environ.get('REQUESTS_CA_BUNDLE') or os.environ.get('CURL_CA_BUNDLE') or True
 
     def _send(self, method, url, form, headers, idempotent, what):
+        requests = REQUESTS.module
         verify = self._verify()
         proxies = requests.utils.get_environ_proxies(url)
         attempt = 0
@@ -596,8 +518,8 @@ class OAuthClient(object):
                                 'followed.' % (what, url, status, response.headers.get('Location', '?')),
                                 status=status)
         try:
-            data = _load_json(body.decode('utf-8'))
-        except _JsonTooDeep:
+            data = load_json(body.decode('utf-8'))
+        except JsonTooDeep:
             raise ResponseError('The %s answer from %s (HTTP %d) is nested too deeply to be JSON we accept '
                                 '(more than %d levels).' % (what, url, status, MAX_JSON_DEPTH), status=status)
         except (ValueError, UnicodeDecodeError):
@@ -635,6 +557,7 @@ def _retry_after_seconds(response):
 
 def _is_connect_failure(exc):
     """True when the request never reached the provider (refused, DNS, connect timeout)."""
+    requests = REQUESTS.module
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -674,145 +597,3 @@ def _body_hint(body):
     if not text.strip():
         return ' (an empty body)'
     return ''
-
-
-# -- JWTs ---------------------------------------------------------------------------------------
-
-_JWT_HASHES = {'256': 'SHA256', '384': 'SHA384', '512': 'SHA512'}
-_EC_CURVES = {'P-256': 'SECP256R1', 'P-384': 'SECP384R1', 'P-521': 'SECP521R1'}
-
-
-def _b64url(text):
-    return base64.urlsafe_b64decode(text + '=' * (-len(text) % 4))
-
-
-def _b64url_int(text):
-    return int.from_bytes(_b64url(text), 'big')
-
-
-def _jwt_decode(token):
-    """(parts, None) where parts is what jwt_parts returns, or (None, why) with why a short reason
-    without the token: 'not a JWT' or 'nested too deeply'."""
-    if not isinstance(token, str) or token.count('.') != 2:
-        return None, 'not a JWT'
-    head, payload, signature = token.split('.')
-    try:
-        header = _load_json(_b64url(head))
-        claims = _load_json(_b64url(payload))
-        raw_signature = _b64url(signature)
-    except _JsonTooDeep:
-        return None, 'nested too deeply'
-    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
-        return None, 'not a JWT'
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        return None, 'not a JWT'
-    return (header, claims, ('%s.%s' % (head, payload)).encode('ascii'), raw_signature), None
-
-
-def jwt_parts(token):
-    """(header, claims, signing input, signature) of a compact JWS, or None when it is not a JWT
-    (also when its header or payload is JSON nested too deeply to accept)."""
-    return _jwt_decode(token)[0]
-
-
-def jwt_claims(token):
-    """The claims of a JWT without checking anything (for display), or None for an opaque token."""
-    parts = jwt_parts(token)
-    return parts[1] if parts else None
-
-
-def _audience_list(value):
-    """A string or a list of strings as a list of strings; anything else as None."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
-
-
-def _show_audiences(audiences):
-    return (', '.join(repr(a) for a in audiences) or 'none')[:300]
-
-
-def verify_jwt(token, jwks, issuer, now=None, leeway=0, audience=None):
-    """Verify a JWT's signature with a JWKS (RS*, PS*, ES*), its issuer and its time claims (exp is
-    required). When audience (a string or a list of strings) is given, the token's aud must name at
-    least one of them."""
-    expected_audiences = None
-    if audience is not None:
-        expected_audiences = _audience_list(audience)
-        if not expected_audiences or not all(expected_audiences):
-            raise OAuthError('audience must be a non-empty string or a non-empty list of them, to check the JWT\'s aud '
-                             'against.')
-    try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-    except ImportError:
-        raise OAuthError('The Python library cryptography is required to verify JWTs (pip install cryptography).')
-    parts, why = _jwt_decode(token)
-    if why == 'nested too deeply':
-        raise TokenVerificationError('The JWT\'s header or payload is nested too deeply to be JSON we accept '
-                                     '(more than %d levels).' % MAX_JSON_DEPTH)
-    if parts is None:
-        raise TokenVerificationError('The token is not a JWT, so it cannot be verified (an opaque token).')
-    header, claims, signing_input, signature = parts
-    alg = header.get('alg')
-    if not isinstance(alg, str) or alg[:2] not in ('RS', 'PS', 'ES') or alg[2:] not in _JWT_HASHES:
-        raise TokenVerificationError('The JWT is signed with %r, which is not accepted (RS*, PS*, ES* only).' % alg)
-    keys = [k for k in jwks.get('keys', []) if isinstance(k, dict) and k.get('use', 'sig') == 'sig']
-    if header.get('kid') is not None:
-        keys = [k for k in keys if k.get('kid') == header['kid']]
-    keys = [k for k in keys if k.get('kty') == ('EC' if alg.startswith('ES') else 'RSA')]
-    if not keys:
-        raise TokenVerificationError('The provider publishes no %s key with the JWT\'s kid %r.'
-                                     % (alg, header.get('kid')))
-    digest = getattr(hashes, _JWT_HASHES[alg[2:]])()
-    verified = False
-    for jwk in keys:
-        try:
-            if alg.startswith('ES'):
-                curve = getattr(ec, _EC_CURVES[jwk['crv']])()
-                key = ec.EllipticCurvePublicNumbers(_b64url_int(jwk['x']), _b64url_int(jwk['y']), curve).public_key()
-                half = len(signature) // 2
-                der = encode_dss_signature(int.from_bytes(signature[:half], 'big'),
-                                           int.from_bytes(signature[half:], 'big'))
-                key.verify(der, signing_input, ec.ECDSA(digest))
-            else:
-                key = rsa.RSAPublicNumbers(_b64url_int(jwk['e']), _b64url_int(jwk['n'])).public_key()
-                pad = (padding.PKCS1v15() if alg.startswith('RS')
-                       else padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.DIGEST_LENGTH))
-                key.verify(signature, signing_input, pad, digest)
-            verified = True
-            break
-        except (InvalidSignature, KeyError, ValueError, TypeError):
-            continue
-    if not verified:
-        raise TokenVerificationError('The JWT\'s signature does not verify with the provider\'s keys.')
-    if not isinstance(claims.get('iss'), str) or claims['iss'].rstrip('/') != normalize_issuer(issuer):
-        raise TokenVerificationError('The JWT was issued by %r, not by %s.' % (claims.get('iss'), issuer))
-    now = time.time() if now is None else now
-    exp = claims.get('exp')
-    if exp is None:
-        raise TokenVerificationError('The JWT has no exp claim: a token that never expires is not accepted.')
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not math.isfinite(exp):
-        raise TokenVerificationError('The JWT\'s exp claim is not a finite number of seconds (it is a %s).'
-                                     % type(exp).__name__)
-    if now > exp + leeway:
-        raise TokenVerificationError('The JWT expired at %d.' % exp)
-    if isinstance(claims.get('nbf'), (int, float)) and now + leeway < claims['nbf']:
-        raise TokenVerificationError('The JWT is not valid before %d.' % claims['nbf'])
-    if expected_audiences is not None:
-        found = claims.get('aud')
-        found_audiences = [] if found is None else _audience_list(found)
-        if found_audiences is None:
-            raise TokenVerificationError('The JWT\'s aud claim is neither a string nor a list of strings; expected '
-                                         'one of the audiences %s.' % _show_audiences(expected_audiences))
-        if not found_audiences:
-            raise TokenVerificationError('The JWT has no aud claim; expected one of the audiences %s.'
-                                         % _show_audiences(expected_audiences))
-        if not set(found_audiences) & set(expected_audiences):
-            raise TokenVerificationError('The JWT is meant for the audience(s) %s, not for any of the expected %s.'
-                                         % (_show_audiences(found_audiences), _show_audiences(expected_audiences)))
-    return claims

@@ -122,12 +122,11 @@ def encryption_password(get):
 def require_libraries(module, nacl=True):
     """fail_json with Ansible's standard message when a needed library is missing on the host."""
     from ansible.module_utils.basic import missing_required_lib
-    from ansible_collections.oidc.tokens.plugins.module_utils import _account_file, _oauth
+    from ansible_collections.oidc.tokens.plugins.module_utils._imports import NACL, REQUESTS
 
-    if _oauth.requests_import_error() is not None:
-        module.fail_json(msg=missing_required_lib('requests'), exception=_oauth.REQUESTS_IMPORT_ERROR)
-    if nacl and _account_file.nacl_import_error() is not None:
-        module.fail_json(msg=missing_required_lib('PyNaCl'), exception=_account_file.NACL_IMPORT_ERROR)
+    for library in (REQUESTS, NACL) if nacl else (REQUESTS,):
+        if library.import_error() is not None:
+            module.fail_json(msg=missing_required_lib(library.name), exception=library.error)
 
 
 def run_module(module, action):

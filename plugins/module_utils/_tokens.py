@@ -21,8 +21,10 @@ from __future__ import annotations
 import time
 
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._jwt import jwt_claims
+from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, space_separated
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
-    ProviderError, TOKEN_TYPE_REFRESH, jwt_claims, normalize_issuer, resolve_token_type)
+    ProviderError, TOKEN_TYPE_REFRESH, normalize_issuer, resolve_token_type)
 from ansible_collections.oidc.tokens.plugins.module_utils._account_file import Account
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
@@ -69,15 +71,6 @@ def short_refresh_token(name, account):
                'and the account has no lifetime limit'))
 
 
-def as_list(value):
-    """A list from a list, a space-separated string or nothing."""
-    if not value:
-        return []
-    if isinstance(value, str):
-        return value.split()
-    return [str(v) for v in value if v]
-
-
 def account_issuer(account):
     """The account's issuer as its provider names it (oidc-agent's issuer_url always ends in a slash)."""
     return account.meta.get('issuer') or account.get('issuer_url') or ''
@@ -117,8 +110,8 @@ def build_account(name, issuer, client_id, client_secret, refresh_token, scope, 
         client_secret=client_secret or '',
         refresh_token=refresh_token,
         cert_path=ca_path or '',
-        scope=' '.join(as_list(scope)),
-        audience=' '.join(as_list(audience)),
+        scope=space_separated(scope),
+        audience=space_separated(audience),
         redirect_uris=[],
         username='',
         password='',

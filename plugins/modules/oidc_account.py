@@ -271,14 +271,11 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
-    PASSWORD_SOURCES, PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client,
-    require_libraries, run_module)
-from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+    PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
+    run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._accounts import (
-    check_create_options, check_lifetime, created_account, facts_of, plan_update, replace_grant,
+    check_create_options, check_lifetime, created_account, facts_of, plan_update, remove_account, replace_grant,
     replaced_token_client, validate_refresh_token)
-from ansible_collections.oidc.tokens.plugins.module_utils._tokens import revoke_account
-from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
 
 
 class Present(object):
@@ -342,53 +339,12 @@ class Present(object):
         return self.update() if self.store.exists(self.name) else self.create()
 
 
-def absent(module, store):
-    params = module.params
-    name = params['name']
-    path = store.path(name)
-    result = {'changed': False, 'account': {}, 'changed_fields': [], 'revoked': False}
-    if not store.exists(name):
-        result['msg'] = 'Account %r does not exist.' % name
-        return result
-    has_password = any(params.get(source) is not None for source in PASSWORD_SOURCES)
-    before = {'name': name, 'path': path}
-    warnings = []
-    if params['revoke'] or has_password:
-        try:
-            password = encryption_password(params.get)
-            if module.check_mode or not params['revoke']:
-                before = facts_of(name, store.load(name, password), path)
-        except OidcTokensError as exc:
-            if not params['force']:
-                raise
-            if module.check_mode or not params['revoke']:
-                warnings.append('Account %r could not be read (%s); it is removed without revoking its refresh '
-                                'token because force is set.' % (name, exc))
-            password = None
-    result.update(changed=True, changed_fields=['account'], warnings=warnings)
-    if module.check_mode:
-        result.update(account=before, revoked=bool(params['revoke'] and before.get('has_refresh_token')),
-                      diff={'before': before, 'after': {}})
-        return result
-    if params['revoke']:
-        outcome = revoke_account(store, name, password, lambda account: oauth_client(params.get, account),
-                                 remove=True, force=params['force'])
-        before = dict(outcome['facts'] or before)
-        result['revoked'] = outcome['revoked']
-        result['changed'] = outcome['changed']
-        warnings.extend(outcome['warnings'])
-    else:
-        result['changed'] = store.delete(name)
-        drop_account_entries(store.config_dir, name)
-    result.update(account=before, diff={'before': before, 'after': {}})
-    return result
-
-
 def run(module):
     params = module.params
     store = account_store(params.get)
     if params['state'] == 'absent':
-        return absent(module, store)
+        return remove_account(store, params['name'], params.get, lambda account: oauth_client(params.get, account),
+                              revoke=params['revoke'], force=params['force'], check_mode=module.check_mode)
     result = Present(module, store, encryption_password(params.get)).run()
     if store.dir_changed:
         result['changed'] = True

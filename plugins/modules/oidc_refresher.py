@@ -117,7 +117,7 @@ options:
   lifetime:
     description:
       - Seconds the account is kept from its exchange; then the refresher revokes the refresh token and removes the
-        account (its RV(account.lifetime_end) becomes the refresher's O(lifetime_end)).
+        account (the end of its lifetime becomes the refresher's O(lifetime_end)).
     type: int
   offline_access:
     description:

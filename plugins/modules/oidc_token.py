@@ -151,11 +151,12 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     PROVIDER_ARGSPEC, STORE_ARGSPEC, account_store, argspec, encryption_password, oauth_client, require_libraries,
     run_module)
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    access_token, account_issuer, as_list, cached_access_token, expired_error, is_expired)
+    access_token, account_issuer, cached_access_token, expired_error, is_expired)
 
 
 def run(module):

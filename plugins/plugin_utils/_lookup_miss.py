@@ -41,14 +41,10 @@ _DIR_ERRORS = {
 def fetch_token(get_option, name, force, claims, warn):
     """The token dict of account ``name`` from the account store (and the provider if need be), as the module
     oidc_token gets it; ``get_option``: the lookup's; ``warn``: shows the token layer's warnings."""
-    from ansible_collections.oidc.tokens.plugins.module_utils import _account_file, _oauth, _options, _tokens
+    from ansible_collections.oidc.tokens.plugins.module_utils import _imports, _options, _tokens
 
-    if _oauth.requests_import_error() is not None:
-        raise OidcTokensError('The lookup oidc.tokens.oidc_token needs the Python library requests on the controller '
-                              '(pip install requests).')
-    if _account_file.nacl_import_error() is not None:
-        raise OidcTokensError('The lookup oidc.tokens.oidc_token needs the Python library PyNaCl on the controller to '
-                              'read the encrypted account (pip install PyNaCl).')
+    _imports.REQUESTS.require(OidcTokensError, 'by the lookup oidc.tokens.oidc_token on the controller')
+    _imports.NACL.require(OidcTokensError, 'by the lookup oidc.tokens.oidc_token to read the encrypted account')
     store = _options.account_store(get_option)
     password = _options.encryption_password(get_option)
 

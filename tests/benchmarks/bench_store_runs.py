@@ -32,7 +32,7 @@ def one_run(rounds=10):
     """The figures of one process (call it in a fresh one: the peak-memory figure is its first derivation's)."""
     _common.collections_root()
     from ansible_collections.oidc.tokens.plugins.module_utils import _account_file as file_mod, _account_store as store_mod
-    file_mod.nacl_import_error()   # PyNaCl imported before measuring: its import is not the derivation's memory
+    file_mod.NACL.import_error()   # PyNaCl imported before measuring: its import is not the derivation's memory
     password = b'benchmark password'
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()

@@ -16,6 +16,14 @@ grant when a spent one is replayed (node-oidc-provider: rotateRefreshToken + reu
    provider's rotation and the rename of the new file: then the provider has rotated and the new
    refresh token died with the process. That window cannot be closed by any client; it is counted
    separately, and the test checks that it is the only way to lose the current refresh token.
+
+3. Two processes spend one account's refresh token at the same moment through ``AccountStore.update``:
+   the second spends the rotated token the first put on disk, and the grant stays alive. A control
+   shows that the provider really revokes the grant on a replay, so these tests would catch one.
+
+4. kill -9 of the store's own writers (update, save, a fast loop of locked writes), no provider, 60
+   times: the file always decrypts (also with oidc-agent) to the last finished or the in-flight
+   version, and at most one hidden temporary file is left, which the next writer removes.
 """
 
 from __future__ import annotations
@@ -25,9 +33,13 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
+
+from store_helpers import PW_ENV, OidcAgent, oidc_agent_missing, subprocess_env
 
 from ansible_collections.oidc.tokens.plugins.module_utils import _oauth, _options, _tokens
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
@@ -149,6 +161,229 @@ def test_fifty_processes_twenty_times_one_account(op, tmp_path):
     LEDGER.note(SUITE, 'each of the %d processes derives the account key once, before it waits for the account '
                 'lock, so the derivations of a round run side by side on every core' % PROCESSES)
     assert totals['refreshes_at_provider'] == totals['refreshes_needed'] > 0
+
+
+# -- two processes refreshing at once through the store's lock (from tests/functional) -------------------
+
+PAIR_ROUNDS = 4
+
+
+def _refresh_under_the_lock(account):
+    """Spend the refresh token on disk and keep the rotated one, every time (no kept-token check)."""
+    rt_used = account['refresh_token']
+    token = _options.oauth_client(client_options(), account).refresh(rt_used)
+    assert token.refresh_token and token.refresh_token != rt_used, 'the provider did not rotate'
+    account['refresh_token'] = token.refresh_token
+    account.meta.update(access_token=token.access_token, access_token_expires_at=token.expires_at)
+    return account, {'access_token': token.access_token, 'rt_used': rt_used, 'rt_new': token.refresh_token}
+
+
+def _refresh_once(config_dir, name, barrier, results):
+    try:
+        store = AccountStore(config_dir)
+        barrier.wait(30)
+        started = time.time()
+        result = store.update(name, PASSWORD, _refresh_under_the_lock)
+        # The RT that goes with the AT just handed out is on disk already (or a later one).
+        result.update(started=started, left=time.time(), rt_on_disk_after=store.load(name, PASSWORD)['refresh_token'])
+        results.put(('ok', result))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        results.put(('error', '%s: %s' % (type(exc).__name__, exc)))
+
+
+def test_two_processes_refresh_at_once_through_the_store_lock(op, tmp_path):
+    """Unlike the 50 processes above, which mostly reuse the kept token, both processes refresh: the second
+    must wait for the first's rotated refresh token on disk and spend that one."""
+    config_dir = str(tmp_path / 'accounts')
+    store = AccountStore(config_dir)
+    for round_ in range(PAIR_ROUNDS):
+        name = 'pair-%d' % round_
+        exchange_account(op, config_dir, name, PASSWORD)
+        rt0 = store.load(name, PASSWORD)['refresh_token']
+        before = stat_counts(op)
+        barrier, results = CTX.Barrier(2), CTX.Queue()
+        procs = [CTX.Process(target=_refresh_once, args=(config_dir, name, barrier, results)) for _i in range(2)]
+        for proc in procs:
+            proc.start()
+        out = [results.get(timeout=60) for _proc in procs]
+        for proc in procs:
+            proc.join(30)
+            assert proc.exitcode == 0
+        assert [status for status, _result in out] == ['ok', 'ok'], out
+        pair = [result for _status, result in out]
+        # They really ran at once: both had started before either had finished.
+        assert max(r['started'] for r in pair) < min(r['left'] for r in pair)
+        for r in pair:
+            assert introspect(op, r['access_token'])['active'] is True
+            assert r['rt_on_disk_after'] in {x['rt_new'] for x in pair}
+        # No refresh token was sent twice: the second spent the one the first had put on disk; none was refused.
+        first = next(r for r in pair if r['rt_used'] == rt0)
+        assert sorted(r['rt_used'] for r in pair) == sorted([rt0, first['rt_new']])
+        after = stat_counts(op)
+        assert after['refresh_ok'] - before['refresh_ok'] == 2
+        assert after['refresh_failed'] == before['refresh_failed']
+        # The grant is alive: the RT on disk refreshes, through the same locked sequence.
+        final = store.update(name, PASSWORD, _refresh_under_the_lock)
+        assert introspect(op, final['access_token'])['active'] is True
+        assert rt_active(op, store.load(name, PASSWORD)['refresh_token'])
+        assert stat_counts(op)['refresh_failed'] == before['refresh_failed']
+    LEDGER.add(SUITE, 'rounds of 2 processes refreshing at once', PAIR_ROUNDS)
+
+
+def test_control_a_replayed_refresh_token_kills_the_grant(op, tmp_path):
+    """What the lock prevents, and why the tests above would catch a replay: spending one RT twice makes the
+    provider revoke the whole grant."""
+    config_dir = str(tmp_path / 'accounts')
+    exchange_account(op, config_dir, 'replayed', PASSWORD)
+    account = AccountStore(config_dir).load('replayed', PASSWORD)
+    oauth = _options.oauth_client(client_options(), account)
+    first = oauth.refresh(account['refresh_token'])
+    assert introspect(op, first.access_token)['active'] is True
+    with pytest.raises(_oauth.ProviderError, match='invalid_grant'):
+        oauth.refresh(account['refresh_token'])   # a second process without the lock
+    # Reuse detection revoked the grant: even the first refresh's fresh tokens are dead now.
+    assert not rt_active(op, first.refresh_token)
+    assert introspect(op, first.access_token)['active'] is False
+    LEDGER.add(SUITE, 'control: a replayed refresh token revoked the grant', 1)
+
+
+# -- kill -9 of the store's own writers, no provider (from tests/functional) -------------------------------
+
+STORE_WRITER_KILLS = int(os.environ.get('OIDC_EVIDENCE_STORE_WRITER_KILLS', '60'))
+
+STORE_WRITER = r'''
+import os, sys
+from ansible_collections.oidc.tokens.plugins.module_utils import _account_store as m
+
+config_dir, name, mode = sys.argv[1:4]
+password = os.environ['OIDC_ENCRYPTION_PW']
+store = m.AccountStore(config_dir)
+out = sys.stdout
+
+
+def note(word, seq):
+    out.write('%s %d\n' % (word, seq))
+    out.flush()
+
+
+def bump(account):
+    seq = account.meta.get('seq', 0) + 1
+    account.meta['seq'] = seq
+    account['refresh_token'] = 'rt-%d-' % seq + 'x' * (seq % 97)   # the length varies
+    return seq
+
+
+if mode == 'update':
+    while True:
+        def fn(account):
+            seq = bump(account)
+            note('start', seq)
+            return account, seq
+        note('done', store.update(name, password, fn))
+elif mode == 'save':
+    while True:
+        account = store.load(name, password)
+        seq = bump(account)
+        note('start', seq)
+        store.save(name, account, password)
+        note('done', seq)
+else:  # 'fast': one derivation, then locked atomic writes with that key, as update() does
+    account, key, _parsed = store._load(name, password)
+    while True:
+        with store.locked(name):
+            seq = bump(account)
+            note('start', seq)
+            store._write_atomic(name, store._encrypt_for(name, account, key))
+        note('done', seq)
+'''
+
+
+def _last(lines, word):
+    values = [int(line.split()[1]) for line in lines if line.startswith(word + ' ')]
+    return values[-1] if values else None
+
+
+def test_kill_minus_9_of_store_writers(tmp_path):
+    """A writer rewrites one account in a loop three ways: update (re-encrypts with the same key), save (a fresh
+    salt and key) and a fast loop of locked atomic writes that spends nearly all its time writing."""
+    config_dir = str(tmp_path / 'oidc-agent')
+    store = AccountStore(config_dir, read_retries=0)
+    store.save('crashy', {'issuer_url': 'https://issuer.example/', 'client_id': 'c',
+                          'client_secret': 's', 'refresh_token': 'rt-0-initial', 'scope': 'openid',
+                          'oidc_tokens': {'seq': 0}}, PASSWORD)
+    script = tmp_path / 'writer.py'
+    script.write_text(STORE_WRITER)
+    env = subprocess_env(**{PW_ENV: PASSWORD})
+    agent = OidcAgent(tmp_path / 'agent') if oidc_agent_missing() is None else None
+    if agent:
+        agent.config_dir = config_dir   # oidc-gen -p needs no running agent
+
+    rng = random.Random(int(os.environ.get('STORE_CRASH_SEED', time.time())))
+    on_disk = 0
+    stats = {'rounds': 0, 'killed_mid_write': 0, 'stale_temp_seen': 0, 'writes': 0, 'read_by_oidc_agent': 0}
+    for i in range(STORE_WRITER_KILLS):
+        mode = ('update', 'save', 'fast')[i % 3]
+        log = tmp_path / ('writer-%d.log' % i)
+        with open(str(log), 'wb') as out:
+            proc = subprocess.Popen([sys.executable, str(script), config_dir, 'crashy', mode],
+                                    stdout=out, stderr=subprocess.PIPE, env=env,
+                                    stdin=subprocess.DEVNULL)
+        if i % 5:
+            # Most kills land in the writer's loop, after its first version started: start-up (~0.2 s idle, far
+            # more on a loaded machine) must not eat the time in which the writes happen. Each update or save
+            # then costs ~0.1 s.
+            deadline = time.monotonic() + 15
+            while 'start ' not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.6))
+        else:
+            # The others anywhere from the start (imports, key derivation, the first write).
+            time.sleep(rng.uniform(0.15, 0.75))
+        if proc.poll() is not None:
+            pytest.fail('writer died on its own: %s' % proc.stderr.read().decode())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stderr.close()
+
+        lines = log.read_text().splitlines()
+        started, done = _last(lines, 'start'), _last(lines, 'done')
+        low = done if done is not None else on_disk
+        high = started if started is not None else on_disk
+
+        # The file exists and decrypts to the last finished version or the one being written.
+        assert os.path.isfile(store.path('crashy')), 'round %d: account file missing' % i
+        account = store.load('crashy', PASSWORD)
+        seq = account['oidc_tokens']['seq']
+        assert low <= seq <= high, ('round %d (%s): file has version %d, writer finished %s and '
+                                    'started %s' % (i, mode, seq, done, started))
+        assert account['refresh_token'].startswith('rt-%d-' % seq)
+        on_disk = seq
+
+        leftovers = [e for e in os.listdir(config_dir) if e not in ('crashy', '.crashy.lock')]
+        assert all(e.startswith('.crashy.tmp-') for e in leftovers), leftovers
+        assert len(leftovers) <= 1, leftovers   # each writer removes its predecessors' leftovers
+        assert store.list() == ['crashy']
+
+        if agent and i % 6 == 0:
+            printed = agent.run(['oidc-gen', '-p', 'crashy', '--pw-env'], password=PASSWORD)
+            assert '"rt-%d-' % seq in printed.out
+            stats['read_by_oidc_agent'] += 1
+
+        stats['rounds'] += 1
+        stats['writes'] += len([line for line in lines if line.startswith('done')])
+        stats['killed_mid_write'] += int(started is not None and started != done)
+        stats['stale_temp_seen'] += int(bool(leftovers))
+
+    # The next writer cleans up whatever the last kill left; nothing stray remains.
+    store.update('crashy', PASSWORD, lambda acc: (acc, None))
+    assert sorted(os.listdir(config_dir)) == ['.crashy.lock', 'crashy']
+    LEDGER.add(SUITE, 'kill -9 of store writers (no provider)', stats['rounds'])
+    LEDGER.add(SUITE, 'store writer kills: inside a write', stats['killed_mid_write'])
+    LEDGER.add(SUITE, 'store writer kills: read by oidc-agent afterwards', stats['read_by_oidc_agent'])
+    LEDGER.row(SUITE, test="kill -9 of the store's writers (update, save, fast loop)", **stats)
+    assert stats['rounds'] == STORE_WRITER_KILLS
+    assert stats['writes'] >= STORE_WRITER_KILLS   # the writers did write between the kills
+    assert stats['killed_mid_write'] >= 5   # and were often killed inside a write
 
 
 # -- kill -9 of writers ------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ if HERE not in sys.path:
 
 from provider import (  # noqa: E402  (tests/support on sys.path)
     _LIVE, GRANT_TOKEN_EXCHANGE, ProviderError, LocalOpenIDServer, cli_counts, cli_user_token, load_config,
-    make_tls_material, _is_ip)
+    make_tls_material, read_json, write_state, _is_ip)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 KEYCLOAK_DIR = os.path.join(REPO_ROOT, 'tests', 'keycloak')
@@ -270,14 +270,6 @@ def _prepared_stamp(java_home):
             'admin': ADMIN_USER}
 
 
-def _read_json(path):
-    try:
-        with open(path, encoding='utf-8') as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
 def prepare(java_home=None, timeout=PREPARE_TIMEOUT, log=None):
     """Make tests/keycloak/.dist/prepared-VERSION (augmented lib/quarkus, database with schema, master realm and
     the test admin) unless it is there for this version, JDK and build options. Returns (path, built)."""
@@ -285,12 +277,12 @@ def prepare(java_home=None, timeout=PREPARE_TIMEOUT, log=None):
     java_home = java_home or find_java_home()
     target = prepared_dir()
     stamp = _prepared_stamp(java_home)
-    if _read_json(os.path.join(target, 'prepared.json')) == stamp:
+    if read_json(os.path.join(target, 'prepared.json')) == stamp:
         return target, False
     os.makedirs(DIST_ROOT, exist_ok=True)
     with open(os.path.join(DIST_ROOT, '.prepare.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _read_json(os.path.join(target, 'prepared.json')) == stamp:
+        if read_json(os.path.join(target, 'prepared.json')) == stamp:
             return target, False
         if log:
             log('preparing Keycloak %s with %s (one start, a minute or two)' % (version(), java_home))
@@ -887,7 +879,7 @@ def _cli_start(args):
     state_dir = os.path.abspath(args.state_dir)
     os.makedirs(state_dir, exist_ok=True)
     state_file = os.path.join(state_dir, 'provider.json')
-    old = _read_json(state_file)
+    old = read_json(state_file)
     if old and _pid_is_our_keycloak(old.get('pid') or 0, old.get('home')):
         print('a Keycloak is already running from %s (pid %s); stop it first' % (state_dir, old.get('pid')),
               file=sys.stderr)
@@ -901,11 +893,7 @@ def _cli_start(args):
         print(str(exc), file=sys.stderr)
         return 1
     state = instance.state()
-    tmp = state_file + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
-        handle.write('\n')
-    os.replace(tmp, state_file)
+    write_state(state_file, state)
     print(json.dumps(state, sort_keys=True))
     return 0
 
@@ -913,7 +901,7 @@ def _cli_start(args):
 def _cli_stop(args):
     state_dir = os.path.abspath(args.state_dir)
     state_file = os.path.join(state_dir, 'provider.json')
-    state = _read_json(state_file)
+    state = read_json(state_file)
     if state is None:
         print('no provider.json in %s: nothing to stop' % args.state_dir, file=sys.stderr)
         return 0
@@ -934,7 +922,7 @@ def _cli_prepare(args):
         except KeycloakError as exc:
             print(str(exc), file=sys.stderr)
             return 1
-        current = _read_json(os.path.join(prepared_dir(), 'prepared.json')) == stamp
+        current = read_json(os.path.join(prepared_dir(), 'prepared.json')) == stamp
         print('prepared' if current else 'not prepared (or stale)')
         return 0 if current else 1
     try:

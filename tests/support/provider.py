@@ -611,13 +611,11 @@ def _cli_start(args):
     state_dir = os.path.abspath(args.state_dir)
     os.makedirs(state_dir, exist_ok=True)
     state_file = os.path.join(state_dir, 'provider.json')
-    if os.path.exists(state_file):
-        with open(state_file, encoding='utf-8') as handle:
-            old = json.load(handle)
-        if _pid_is_our_provider(old.get('pid') or 0):
-            print('a provider is already running from %s (pid %s); stop it first'
-                  % (state_dir, old.get('pid')), file=sys.stderr)
-            return 1
+    old = read_json(state_file)
+    if old and _pid_is_our_provider(old.get('pid') or 0):
+        print('a provider is already running from %s (pid %s); stop it first'
+              % (state_dir, old.get('pid')), file=sys.stderr)
+        return 1
     provider = Provider(
         tls=args.tls, access_token_format=args.access_token_format, at_ttl=args.at_ttl,
         rt_ttl=args.rt_ttl, user_at_ttl=args.user_at_ttl, exchange_shape=args.exchange_shape, discovery=args.discovery,
@@ -629,21 +627,15 @@ def _cli_start(args):
         print(str(exc), file=sys.stderr)
         return 1
     state = provider.state()
-    tmp = state_file + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as handle:
-        json.dump(state, handle, indent=2, sort_keys=True)
-        handle.write('\n')
-    os.replace(tmp, state_file)
+    write_state(state_file, state)
     print(json.dumps(state, sort_keys=True))
     return 0
 
 
 def _cli_stop(args):
     state_file = os.path.join(os.path.abspath(args.state_dir), 'provider.json')
-    try:
-        with open(state_file, encoding='utf-8') as handle:
-            state = json.load(handle)
-    except FileNotFoundError:
+    state = read_json(state_file)
+    if state is None:
         print('no provider.json in %s: nothing to stop' % args.state_dir, file=sys.stderr)
         return 0
     was_running = stop_pid(state.get('pid') or 0)
@@ -653,15 +645,36 @@ def _cli_stop(args):
     return 0
 
 
-def _read_state(state_dir):
-    with open(os.path.join(os.path.abspath(state_dir), 'provider.json'), encoding='utf-8') as handle:
-        return json.load(handle)
+def read_json(path):
+    """The JSON value in path, or None when the file is missing, unreadable or not JSON (provider.json,
+    keycloak.py's preparation stamp)."""
+    try:
+        with open(path, encoding='utf-8') as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(state_file, state):
+    """Write provider.json whole or not at all: the helpers' other commands may read it at any time."""
+    tmp = state_file + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as handle:
+        json.dump(state, handle, indent=2, sort_keys=True)
+        handle.write('\n')
+    os.replace(tmp, state_file)
+
+
+def _server_of(server_class, state_dir):
+    state = read_json(os.path.join(os.path.abspath(state_dir), 'provider.json'))
+    if state is None:
+        raise ProviderError('no readable provider.json in %s: start the provider first' % state_dir)
+    return server_class.from_state(state)
 
 
 def cli_user_token(server_class, args):
     """Print a user's access token from the server of STATE_DIR (its password grant, client user-cli)."""
     try:
-        print(server_class.from_state(_read_state(args.state_dir)).user_access_token(args.user, args.scope))
+        print(_server_of(server_class, args.state_dir).user_access_token(args.user, args.scope))
     except (OSError, ProviderError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -671,7 +684,7 @@ def cli_user_token(server_class, args):
 def cli_counts(server_class, args):
     """Print the request_counts() of the server of STATE_DIR as JSON."""
     try:
-        print(json.dumps(server_class.from_state(_read_state(args.state_dir)).request_counts(), sort_keys=True))
+        print(json.dumps(_server_of(server_class, args.state_dir).request_counts(), sort_keys=True))
     except (OSError, ProviderError, requests.RequestException) as exc:
         print(str(exc), file=sys.stderr)
         return 1

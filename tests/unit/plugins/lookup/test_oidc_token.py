@@ -586,13 +586,13 @@ def test_password_source_errors(env):
 
 
 def test_missing_requests(env, monkeypatch):
-    monkeypatch.setattr(_oauth, 'HAS_REQUESTS', False)
+    monkeypatch.setattr(_oauth.REQUESTS, 'available', False)
     with pytest.raises(AnsibleError, match='Python library requests'):
         env.run()
 
 
 def test_missing_pynacl(env, monkeypatch):
-    monkeypatch.setattr(_account_file, 'HAS_NACL', False)
+    monkeypatch.setattr(_account_file.NACL, 'available', False)
     with pytest.raises(AnsibleError, match='Python library PyNaCl'):
         env.run()
 

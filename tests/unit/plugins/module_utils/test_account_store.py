@@ -862,8 +862,8 @@ def test_default_config_dir_order(tmp_path, monkeypatch):
 
 
 def test_missing_pynacl_is_a_clear_error(store, monkeypatch):
-    monkeypatch.setattr(file_mod, 'HAS_NACL', False)
-    monkeypatch.setattr(file_mod, 'NACL_IMPORT_ERROR', 'ImportError: No module named nacl')
+    monkeypatch.setattr(file_mod.NACL, 'available', False)
+    monkeypatch.setattr(file_mod.NACL, 'error', 'ImportError: No module named nacl')
     with pytest.raises(MissingDependencyError, match='PyNaCl'):
         store.save('a', sample_account(), PASSWORD)
     assert not os.path.exists(store.config_dir) or store.list() == []

@@ -2,8 +2,8 @@
 # Copyright: contributors to the oidc.tokens collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Unit tests of _accounts.py with a fake OAuth client and an in-memory store: oidc_account's field plan, the
-refresh-token probe (oidc_account's validation, oidc_account_info's check_active), and replacing a grant
-(oidc_account, oidc_token_exchange).
+refresh-token probe (oidc_account's validation, oidc_account_info's check_active), replacing a grant
+(oidc_account, oidc_token_exchange), and removing an account (oidc_account state absent; with the real store).
 """
 
 from __future__ import annotations
@@ -403,3 +403,87 @@ def test_the_replaced_token_is_revoked_by_the_task_client_unless_the_account_mov
         options(client_id='other', client_secret='other-secret', validate_certs=True, timeout=10, retries=0,
                 allow_insecure_http=False, auth_method=None), old)
     assert moved.client_id == 'job-runner' and moved._client_secret == 'secret'
+
+
+# -- removing the account (oidc_account state absent), with the real store -------------------------------------
+
+PASSWORD = 'account-password'
+
+
+@pytest.fixture
+def disk(tmp_path, monkeypatch):
+    """A real account store holding account 'acct', and one cached lookup token of it."""
+    from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
+    from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import account_id
+
+    store = AccountStore(config_dir=str(tmp_path / 'accounts'))
+    store.save('acct', account(), PASSWORD)
+    cache = tmp_path / 'cache'
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv('OIDC_TOKENS_CACHE_DIR', str(cache))
+    store.cached = cache / ('%s-entry.json' % account_id(store.config_dir, 'acct'))
+    store.cached.write_text('{}')
+    return store
+
+
+def remove(store, client=None, password=PASSWORD, **flags):
+    client = client or FakeClient()
+    return _accounts.remove_account(store, 'acct', {'encryption_password': password}.get, lambda acc: client, **flags)
+
+
+def test_remove_revokes_then_deletes_the_account_and_its_cached_tokens(disk):
+    client = FakeClient()
+    result = remove(disk, client)
+    assert client.calls == [('revoke', 'rt-0', 'refresh_token')]
+    assert not disk.exists('acct') and not disk.cached.exists()
+    assert result['changed'] and result['revoked'] and result['changed_fields'] == ['account']
+    assert result['account']['has_refresh_token'] and result['account']['client_id'] == 'job-runner'
+    assert result['diff'] == {'before': result['account'], 'after': {}} and result['warnings'] == []
+
+
+def test_remove_of_a_missing_account_changes_nothing(disk):
+    client = FakeClient()
+    result = _accounts.remove_account(disk, 'other', {}.get, lambda acc: client)
+    assert result == {'changed': False, 'account': {}, 'changed_fields': [], 'revoked': False,
+                      'msg': "Account 'other' does not exist."}
+    assert client.calls == [] and disk.exists('acct')
+
+
+def test_remove_in_check_mode_says_what_it_would_do_and_does_nothing(disk):
+    client = FakeClient()
+    result = remove(disk, client, check_mode=True)
+    assert result['changed'] and result['revoked'] and result['account']['has_refresh_token']
+    assert client.calls == [] and disk.exists('acct') and disk.cached.exists()
+
+
+def test_remove_keeps_the_account_when_revocation_fails_unless_forced(disk):
+    refused = FakeClient(revocation=ProviderError('The provider refused the revocation', error='server_error'))
+    with pytest.raises(OidcTokensError, match="refresh token of account 'acct' was not revoked"):
+        remove(disk, refused)
+    assert disk.exists('acct')
+    result = remove(disk, refused, force=True)
+    assert not disk.exists('acct') and result['changed'] and not result['revoked']
+    assert result['warnings'] and 'could not be revoked' in result['warnings'][0]
+
+
+def test_remove_of_an_unreadable_account_needs_force(disk):
+    client, wrong = FakeClient(), 'not-the-password-42'
+    with pytest.raises(WrongPasswordError):
+        remove(disk, client, password=wrong)
+    assert disk.exists('acct')
+    checked = remove(disk, client, password=wrong, force=True, check_mode=True)
+    assert checked['account'] == {'name': 'acct', 'path': disk.path('acct')} and not checked['revoked']
+    assert 'could not be read' in checked['warnings'][0] and disk.exists('acct')
+    result = remove(disk, client, password=wrong, force=True)
+    assert not disk.exists('acct') and result['changed'] and not result['revoked'] and client.calls == []
+    assert 'could not be read' in result['warnings'][0]
+    assert not any(wrong in warning for warning in checked['warnings'] + result['warnings'])
+
+
+def test_remove_without_revoke_deletes_and_shows_the_facts_only_with_a_password(disk):
+    client = FakeClient()
+    result = remove(disk, client, password=None, revoke=False)
+    assert result['account'] == {'name': 'acct', 'path': disk.path('acct')} and result['changed']
+    assert not disk.exists('acct') and not disk.cached.exists() and client.calls == []
+    disk.save('acct', account(), PASSWORD)
+    assert remove(disk, client, revoke=False)['account']['has_refresh_token'] and client.calls == []
