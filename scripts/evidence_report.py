@@ -72,7 +72,8 @@ FINDINGS = [
      'crontab has none) and looks for units only where systemd runs or was chosen. Before (commit b61031a, 1 run '
      'each): 82.8 s start / 49.2 s teardown for 10 workers, 425 / 224 s for 50, 1849 / 1001 s for 200; now: '
      'the provisioning table. What remains is Ansible\'s own cost per task and host (about 0.2 s of wall time '
-     'on 2 cores, about 30 module runs per worker over start and teardown).'),
+     'on 2 cores, about 30 module runs per worker over start and teardown). The bundle was later replaced by '
+     'oidc.tokens.oidc_refresher: see the next finding.'),
     ('fixed-benchmark', 'Starting a job ran 23 module runs per worker, and its teardown 15 (performance)',
      'roles/job_tokens/tasks (start.yml, context.yml, install.yml, teardown.yml): start ran about 40 tasks per '
      'worker (14 set_fact, 6 stat; the paths computed in Jinja and again in the refresher; the refresher\'s '
@@ -454,7 +455,7 @@ def calls_section(data, plots):
     return '\n'.join(out) + '\n'
 
 
-def hosts_section(data, plots):
+def hosts_section(data, plots, before=None):
     if not data:
         return '_Not measured: no bench-hosts.json._\n'
     f, p = data['figures'], data['parameters']
@@ -486,6 +487,14 @@ def hosts_section(data, plots):
                ('requests to the token endpoint per run', stat(f['provider_token_requests_per_run'])),
                ('Argon2id derivations per run, with the lookup', stat(f['argon2id_derivations_per_run'])),
            ])]
+    if before and 'cpu_overhead_per_host_ms' in before.get('figures', {}):
+        b = before['figures']
+        out += ['', 'Before the lookup registered its options and split its miss path (issue 13; '
+                '`docs/evidence/bench-hosts-before.json`, %s): per-host overhead %s (wall) and %s (CPU) for '
+                '`oidc.tokens.oidc_token`, %s and %s for `ansible.builtin.env`.'
+                % (before.get('machine', {}).get('git_commit') or 'commit 6d8a23d', stat(b['overhead_per_host_ms'], ' ms'),
+                   stat(b['cpu_overhead_per_host_ms'], ' ms'), stat(b['env_overhead_per_host_ms'], ' ms'),
+                   stat(b['env_cpu_overhead_per_host_ms'], ' ms'))]
     if plots.get('hosts'):
         out += ['', '![Play wall time](evidence/%s)' % plots['hosts']]
     return '\n'.join(out) + '\n'
@@ -648,7 +657,7 @@ def main(json_dir, md_path):
             '### The account store', '', measured_line(store, bench_machine) + store_section(store), '',
             '### oidc-token against the lookup', '', measured_line(calls, bench_machine) + calls_section(calls, plots),
             '',
-            '### A play over many hosts', '', measured_line(hosts, bench_machine) + hosts_section(hosts, plots), '',
+            '### A play over many hosts', '', measured_line(hosts, bench_machine) + hosts_section(hosts, plots, load(json_dir, 'bench-hosts-before.json')), '',
             '### Provisioning workers with job_tokens', '',
             measured_line(provisioning, bench_machine) + provisioning_section(provisioning, plots), '',
             '## Findings', '',

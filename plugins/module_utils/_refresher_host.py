@@ -45,6 +45,8 @@ LIBRARIES = (('requests', 'requests'), ('nacl', 'PyNaCl'), ('cryptography', 'cry
 SAFE_PATH = re.compile(r'^/[A-Za-z0-9_./+-]+$')
 SAFE_USER = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$')
 SYSTEMD_DIR = '/etc/systemd/system'
+PASSED_ENVIRONMENT = ('https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY',
+                      'REQUESTS_CA_BUNDLE', 'SSL_CERT_FILE')
 # The marker ansible.builtin.cron writes, so that the entries of earlier versions of the role are found too.
 CRON_MARKER = '#Ansible: oidc.tokens refresher of account %s'
 
@@ -76,9 +78,12 @@ class JobUser(namedtuple('JobUser', 'name uid gid home groups')):
         return cls(name, entry.pw_uid, entry.pw_gid, entry.pw_dir, os.getgrouplist(name, entry.pw_gid))
 
     def env(self):
-        """A clean environment for the user's processes (none of the module's variables)."""
-        return {'HOME': self.home, 'USER': self.name, 'LOGNAME': self.name, 'PATH': '/usr/local/bin:/usr/bin:/bin',
-                'LANG': 'C.UTF-8'}
+        """A clean environment for the user's processes: none of the module's variables but the proxy and CA ones
+        the provider may only be reachable with (the task's environment: keyword sets them)."""
+        env = dict((key, os.environ[key]) for key in PASSED_ENVIRONMENT if os.environ.get(key))
+        env.update({'HOME': self.home, 'USER': self.name, 'LOGNAME': self.name, 'PATH': '/usr/local/bin:/usr/bin:/bin',
+                    'LANG': 'C.UTF-8'})
+        return env
 
 
 # --- paths ---------------------------------------------------------------------------------------

@@ -27,6 +27,10 @@ description:
     the account, the password file it manages, the bearer-token file, the configuration and the state. When the
     provider cannot revoke the token, the task fails and the account, its password and the configuration are kept so
     that it can run again (unless O(force)). Safe to run twice, after a failed start, for an account that never existed.
+  - What runs as the job user (the exchange, the refresher it starts) gets a clean environment, with only the proxy
+    (C(https_proxy), C(http_proxy), C(no_proxy)) and CA (C(REQUESTS_CA_BUNDLE), C(SSL_CERT_FILE)) variables of the
+    task's C(environment). A refresher that systemd or cron restarts has none of them, so give O(ca_path) where a CA is
+    needed.
 author:
   - oidc.tokens maintainers (@oidc-tokens)
 extends_documentation_fragment:

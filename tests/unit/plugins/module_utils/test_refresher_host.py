@@ -112,6 +112,15 @@ def test_the_bundle_is_the_same_bytes_each_time_and_runs(tmp_path):
     assert 'teardown' in done.stdout and 'check' in done.stdout
 
 
+def test_the_user_environment_keeps_proxies_and_ca_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv('https_proxy', 'http://proxy.example.org:3128')
+    monkeypatch.setenv('REQUESTS_CA_BUNDLE', '/etc/site-ca.pem')
+    monkeypatch.setenv('OIDC_SECRET_OF_THE_PLAY', 'not for the job user')
+    env = job_user(tmp_path).env()
+    assert env['https_proxy'] == 'http://proxy.example.org:3128' and env['REQUESTS_CA_BUNDLE'] == '/etc/site-ca.pem'
+    assert 'OIDC_SECRET_OF_THE_PLAY' not in env and env['HOME'] == str(tmp_path / 'home') and env['USER'] == 'alice'
+
+
 def test_run_as_the_running_user_calls_directly(tmp_path):
     me = pwd.getpwuid(os.geteuid())
     user = host.JobUser(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, [me.pw_gid])
