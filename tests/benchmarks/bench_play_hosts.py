@@ -2,10 +2,11 @@
 # Copyright: contributors to the oidc.tokens collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A play over many inventory hosts (ansible_connection: local, one task of ansible.builtin.debug or
-ansible.builtin.ping) three ways, side by side in one run: with no lookup (the floor), with
-lookup('ansible.builtin.env', ...) and with lookup('oidc.tokens.oidc_token', ...). Prints the per-host
-overhead of each lookup over the floor, their ratio (ours / env), the refreshes and other requests the
-provider saw and the Argon2id derivations made.
+ansible.builtin.ping) four ways, side by side in one run: with no lookup (the floor), with
+lookup('ansible.builtin.env', ...), with the cheapest lookup a collection can have (bench.trivial.constant,
+made for the run: what any collection's lookup pays per worker before its own code runs) and with
+lookup('oidc.tokens.oidc_token', ...). Prints the per-host overhead of each lookup over the floor, the
+ratio ours / env, the refreshes and other requests the provider saw and the Argon2id derivations made.
 
     python3 tests/benchmarks/bench_play_hosts.py [--hosts 500] [--forks 20] [--runs 3]
                                                  [--module ansible.builtin.debug] [--out FILE.json]
@@ -14,8 +15,8 @@ Each overhead is given twice: in wall time, and in CPU time (user and system, of
 every worker it forked, from getrusage of this process's children): the wall time follows the load of
 anything else on the machine, the CPU time hardly.
 
-The three plays alternate within every run, in a rotating order (floor, env, ours; env, ours, floor;
-...), so that a drift of the machine's load falls on all three alike; each lookup's overhead is taken
+The plays alternate within every run, in a rotating order (floor, env, collection, ours; env,
+collection, ours, floor; ...), so that a drift of the machine's load falls on all alike; each lookup's overhead is taken
 against the floor of the same run. Every run with our lookup starts from an account freshly exchanged
 without a kept access token and from an empty token cache, the way a fresh controller would: the
 figures include filling the cache, and the provider must see exactly one refresh per run (the test
@@ -38,7 +39,41 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 
 PASSWORD = 'bench-play-hosts password'
-VARIANTS = ('floor', 'env', 'ours')
+VARIANTS = ('floor', 'env', 'collection', 'ours')
+# The cheapest lookup a collection can have (it returns its terms): what any collection's lookup pays per
+# worker before its own code runs, beside the builtin env lookup.
+TRIVIAL_LOOKUP = '''# -*- coding: utf-8 -*-
+from __future__ import annotations
+
+DOCUMENTATION = """
+name: constant
+short_description: Return the terms (a benchmark's cheapest collection lookup)
+description: Returns its terms.
+options:
+  _terms:
+    description: What to return.
+    required: true
+"""
+
+from ansible.plugins.lookup import LookupBase
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        return list(terms)
+'''
+
+
+def trivial_collection(root):
+    """ansible_collections/bench/trivial under ``root`` with the lookup bench.trivial.constant."""
+    base = os.path.join(root, 'ansible_collections', 'bench', 'trivial')
+    os.makedirs(os.path.join(base, 'plugins', 'lookup'))
+    os.makedirs(os.path.join(base, 'meta'))
+    with open(os.path.join(base, 'meta', 'runtime.yml'), 'w', encoding='utf-8') as handle:
+        handle.write('requires_ansible: ">=2.16.0"\n')
+    with open(os.path.join(base, 'plugins', 'lookup', 'constant.py'), 'w', encoding='utf-8') as handle:
+        handle.write(TRIVIAL_LOOKUP)
+    return root
 
 
 def data(args, runs, figures, ratios):
@@ -46,6 +81,8 @@ def data(args, runs, figures, ratios):
             'parameters': {'hosts': args.hosts, 'forks': args.forks, 'runs_wanted': args.runs,
                            'module': args.module, 'provider_at_ttl': 3600,
                            'variants': {'floor': 'no lookup', 'env': "lookup('ansible.builtin.env', 'HOME')",
+                                        'collection': "lookup('bench.trivial.constant', 'HOME'), a collection's "
+                                                      "lookup that only returns its terms",
                                         'ours': "lookup('oidc.tokens.oidc_token', 'bench', ...)"},
                            'cache': 'empty at the start of every run',
                            'account': 'freshly exchanged before every run, no kept access token'}}
@@ -69,11 +106,15 @@ def report(args, runs, final=True):
     seconds = dict((v, [r['seconds'] for r in runs[v]]) for v in VARIANTS)
     ours, env = per_host(args, runs, 'ours'), per_host(args, runs, 'env')
     ours_cpu, env_cpu = per_host(args, runs, 'ours', 'cpu_seconds'), per_host(args, runs, 'env', 'cpu_seconds')
+    trivial, trivial_cpu = per_host(args, runs, 'collection'), per_host(args, runs, 'collection', 'cpu_seconds')
     figures = {
         # The names of the earlier two-way benchmark are kept: "with" is our lookup, "without" the floor.
         'play_with_lookup_s': _common.summary(seconds['ours'], 1, 1),
         'play_without_lookup_s': _common.summary(seconds['floor'], 1, 1),
         'play_env_lookup_s': _common.summary(seconds['env'], 1, 1),
+        'play_trivial_collection_lookup_s': _common.summary(seconds['collection'], 1, 1),
+        'trivial_collection_overhead_per_host_ms': _common.summary(trivial, 1000, 2),
+        'trivial_collection_cpu_overhead_per_host_ms': _common.summary(trivial_cpu, 1000, 2),
         'overhead_per_host_ms': _common.summary(ours, 1000, 2),
         'env_overhead_per_host_ms': _common.summary(env, 1000, 2),
         'overhead_ratio_ours_vs_env_per_run': _common.summary(ratios_per_run(ours, env), 1, 2),
@@ -101,13 +142,19 @@ def report(args, runs, final=True):
                                                                          len(runs['ours'])))
     _common.line('play without a lookup (floor)', figures['play_without_lookup_s'], 's')
     _common.line("play with lookup('ansible.builtin.env')", figures['play_env_lookup_s'], 's')
+    _common.line("play with lookup('bench.trivial.constant')", figures['play_trivial_collection_lookup_s'], 's')
     _common.line("play with lookup('oidc.tokens.oidc_token')", figures['play_with_lookup_s'], 's')
+    _common.line('per-host overhead over the floor, the trivial collection lookup',
+                 figures['trivial_collection_overhead_per_host_ms'], 'ms')
+    _common.line('per-host CPU overhead, the trivial collection lookup',
+                 figures['trivial_collection_cpu_overhead_per_host_ms'], 'ms')
     _common.line('per-host overhead over the floor, ansible.builtin.env', figures['env_overhead_per_host_ms'], 'ms')
     _common.line('per-host overhead over the floor, oidc.tokens.oidc_token', figures['overhead_per_host_ms'], 'ms')
     _common.line('ratio ours / env of the per-host overheads, per run',
                  figures['overhead_ratio_ours_vs_env_per_run'], '')
     print('  ratio ours / env of the median per-host overheads  %s' % ratios['overhead_ours_vs_env'])
-    for variant, label in (('floor', 'floor'), ('env', 'ansible.builtin.env'), ('ours', 'oidc.tokens.oidc_token')):
+    for variant, label in (('floor', 'floor'), ('env', 'ansible.builtin.env'), ('collection', 'bench.trivial.constant'),
+                           ('ours', 'oidc.tokens.oidc_token')):
         _common.line('CPU time of the play, %s' % label, figures['play_cpu_s'][variant], 's')
     _common.line('per-host CPU overhead, ansible.builtin.env', figures['env_cpu_overhead_per_host_ms'],
                  'ms')
@@ -141,7 +188,7 @@ def main():
     parser.add_argument('--out')
     args = parser.parse_args()
 
-    _common.collections_root()
+    collections = _common.collections_root()
     from provider import Provider
     from evidence import Ansible, exchange_account, stat_counts
 
@@ -152,21 +199,25 @@ def main():
             config_dir = os.path.join(work, 'accounts')
             hook = _common.kdf_hook_dir(work)
             counter = os.path.join(work, 'kdf-count')
+            trivial_root = trivial_collection(os.path.join(work, 'collections'))
             ansible = Ansible(os.path.join(work, 'ansible'), env={
-                'EV_PW': PASSWORD, 'PYTHONPATH': hook, 'OIDC_EVIDENCE_KDF_COUNT': counter})
+                'EV_PW': PASSWORD, 'PYTHONPATH': hook, 'OIDC_EVIDENCE_KDF_COUNT': counter,
+                'ANSIBLE_COLLECTIONS_PATH': collections + os.pathsep + trivial_root})
             inventory = ansible.write_private('inventory.yml', {'all': {
                 'hosts': dict(('h%04d' % i, None) for i in range(1, args.hosts + 1)),
                 'vars': {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}}})
             expressions = {
                 'floor': "'HOME'",
                 'env': "lookup('ansible.builtin.env', 'HOME')",
+                'collection': "lookup('bench.trivial.constant', 'HOME')",
                 'ours': ("lookup('oidc.tokens.oidc_token', 'bench', config_dir='%s', encryption_password_env='EV_PW')"
                          % config_dir),
             }
             plays = dict((v, [{'name': v, 'hosts': 'all', 'gather_facts': False,
                                'tasks': [task(args.module, expressions[v])]}]) for v in VARIANTS)
             for index in range(args.runs):
-                for variant in VARIANTS[index % 3:] + VARIANTS[:index % 3]:
+                shift = index % len(VARIANTS)
+                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
                     shutil.rmtree(os.path.join(ansible.runtime, 'oidc-tokens'), ignore_errors=True)
                     if variant == 'ours':
                         exchange_account(op, config_dir, 'bench', PASSWORD, keep_access_token=False)

@@ -220,7 +220,10 @@ def test_modules_send_an_accounts_refresh_token_only_to_its_own_issuer(provider_
 def test_an_expired_account_is_revoked_at_the_provider(provider_factory, tmp_path):
     provider = provider_factory(at_ttl=30)
     module_world = Controller(provider, tmp_path / 'module', lifetime=2)
-    lookup_world = Controller(provider, tmp_path / 'lookup', lifetime=4)
+    # Long enough for the first play below to start on a loaded machine; the test waits out the rest.
+    lookup_lifetime = 15
+    lookup_world = Controller(provider, tmp_path / 'lookup', lifetime=lookup_lifetime)
+    lookup_made = time.time()
     # The lookup's cache holds a token of the account before its lifetime ends.
     first = lookup_world.ansible.playbook(play([{'name': 'lookup', 'ansible.builtin.debug': {
         'msg': "{{ lookup('oidc.tokens.oidc_token', 'job1', min_valid_period=1, query='expires_at') }}"}}]),
@@ -229,7 +232,7 @@ def test_an_expired_account_is_revoked_at_the_provider(provider_factory, tmp_pat
     assert os.listdir(lookup_world.cache_dir)
     module_rt, lookup_rt = module_world.current_refresh_token(), lookup_world.current_refresh_token()
     assert module_world.rt_active(module_rt) and lookup_world.rt_active(lookup_rt)
-    time.sleep(4.5)
+    time.sleep(max(0.0, lookup_made + lookup_lifetime + 0.5 - time.time()))    # both lifetimes are over
     run = module_world.ansible.playbook(play([{'name': 'token', 'oidc.tokens.oidc_token': module_world.store_args(),
                                                'ignore_errors': True, 'check_mode': True}]), env=module_world.env)
     assert 'In check mode its refresh token is not revoked' in run.task('token')['msg']
