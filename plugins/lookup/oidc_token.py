@@ -192,7 +192,10 @@ _raw:
   elements: raw
 '''
 
+import importlib.util
 import json
+import os
+import sys
 
 from ansible import constants as C
 from ansible.errors import AnsibleError
@@ -204,9 +207,37 @@ try:
 except ImportError:  # ansible-core < 2.19
     AnsibleValueOmittedError = None
 
+
+def _import_with_bytecode(*names):
+    """Import the collection's ``plugins.<name>`` modules the way Ansible loads this plugin file.
+
+    Ansible's collection loader compiles module_utils and plugin_utils from source in every process
+    (it never reads or writes bytecode), and the lookup runs in a fresh worker per host: compiling the
+    hit path's four files cost more than the rest of a hit. Loaded by path, as the plugin loader loads
+    this file, Python keeps their bytecode in __pycache__ like any other module's. Registered under their
+    collection names, so every later import gets the same module objects. Dependencies come first: a
+    module's own ``from ansible_collections... import`` then finds them in sys.modules.
+    """
+    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in names:
+        full_name = 'ansible_collections.oidc.tokens.plugins.' + name
+        if full_name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(full_name, os.path.join(base, *name.split('.')) + '.py')
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[full_name]
+            raise
+
+
 # Nothing heavy is imported here: a cache hit must stay cheap in every worker process. requests,
 # PyNaCl and the collection's OAuth and store code are imported on a miss (_lookup_miss.fetch_token),
 # jmespath only for ``query``.
+_import_with_bytecode('module_utils._errors', 'module_utils._account_names', 'module_utils._lookup_cache_files',
+                      'plugin_utils._lookup_cache')
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_cache import TokenCache
 

@@ -85,6 +85,7 @@ def data(args, runs, figures, ratios):
                                                       "lookup that only returns its terms",
                                         'ours': "lookup('oidc.tokens.oidc_token', 'bench', ...)"},
                            'cache': 'empty at the start of every run',
+                           'bytecode': 'written and read, as on a user controller (PYTHONDONTWRITEBYTECODE unset)',
                            'account': 'freshly exchanged before every run, no kept access token'}}
 
 
@@ -188,6 +189,9 @@ def main():
     parser.add_argument('--out')
     args = parser.parse_args()
 
+    # Python writes and reads bytecode (__pycache__) for the plugin files, as on a user's controller; an
+    # environment with PYTHONDONTWRITEBYTECODE (this machine's) makes every worker compile them from source.
+    os.environ.pop('PYTHONDONTWRITEBYTECODE', None)
     collections = _common.collections_root()
     from provider import Provider
     from evidence import Ansible, exchange_account, stat_counts

@@ -696,6 +696,9 @@ CHILD = textwrap.dedent(r'''
     lookup = lookup_loader.get('oidc.tokens.oidc_token')
     out = {'hit': lookup.run(['job1'], variables={}, config_dir=config_dir, cache_dir=cache_dir)}
     out['new'] = sorted(set(sys.modules) - before)
+    out['without_bytecode'] = [m for m in out['new'] if m.startswith('ansible_collections.oidc.')
+                               and not hasattr(sys.modules[m], '__path__')
+                               and type(sys.modules[m].__spec__.loader).__name__ != 'SourceFileLoader']
     try:
         lookup.run(['job1'], variables={}, config_dir=config_dir, cache_dir=cache_dir, encryption_password='pw',
                    force=True)
@@ -754,3 +757,19 @@ def test_cache_hit_parses_no_documentation_and_loads_no_miss_path(filled_cache, 
     assert prefix + 'plugin_utils._lookup_miss' not in out['new']
     assert prefix + 'module_utils._private_files' not in out['new']
     assert prefix + 'lookup.oidc_token' in out['new']
+
+
+def test_cache_hit_compiles_nothing_the_collection_loader_loads(filled_cache, tmp_path):
+    """Ansible's collection loader compiles module_utils and plugin_utils from source in every worker and
+    keeps no bytecode; the hit path's modules are loaded by path instead, like the plugin file, so Python
+    keeps their bytecode. A module added to the hit path without that fails here."""
+    env = filled_cache
+    script = tmp_path / 'child.py'
+    script.write_text(CHILD)
+    proc = subprocess.run([sys.executable, str(script), _collections_root(), env.config_dir, env.cache_dir, '0'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False,
+                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_root()))
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert out['hit'] == ['at-1']
+    assert out['without_bytecode'] == []
