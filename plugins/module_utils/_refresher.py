@@ -55,12 +55,13 @@ import random
 import select
 import signal
 import stat
+import subprocess
 import sys
 import time
 import traceback
 
 from ansible_collections.oidc.tokens.plugins.module_utils import (
-    _account_names, _account_store, _options, _passwords, _private_files, _tokens)
+    _account_names, _account_store, _jobs, _options, _passwords, _private_files, _tokens)
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import (
     AccountNotFoundError, OidcTokensError, PasswordSourceError, WrongPasswordError)
 
@@ -72,6 +73,11 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_EXPIRED = 3
 EXIT_GONE = 4
+EXIT_JOB_ENDED = 5
+
+# The line above the refresher's entry in the job user's crontab (the module adds it, the refresher removes it
+# when its job ended).
+CRON_MARKER = '#Ansible: oidc.tokens refresher of account %s'
 
 DEFAULTS = {
     'min_valid_period': 60,
@@ -80,6 +86,8 @@ DEFAULTS = {
     'retry_min': 1,
     'retry_max': 60,
     'lifetime_end': None,
+    'job': None,                 # the job followed (_jobs.describe_job), or None: the tokens last the account's lifetime
+    'job_poll': 30,              # seconds between two looks at the job
     'provider': {},
 }
 
@@ -160,7 +168,10 @@ def make_config(name, path, data):
     state_dir = config.get('state_dir') or os.path.join(home_dir(), '.local', 'state', 'oidc-tokens')
     config['state_dir'] = state_dir
     config['log_file'] = config.get('log_file') or os.path.join(state_dir, '%s.log' % name)
-    for key in ('min_valid_period', 'max_sleep', 'retry_min', 'retry_max'):
+    job = config.get('job')
+    if job is not None and (not isinstance(job, dict) or job.get('kind') not in _jobs.JOB_KINDS or not job.get('id')):
+        raise ConfigError('job in %s must be an object with a kind (%s) and an id.' % (path, ', '.join(_jobs.JOB_KINDS)))
+    for key in ('min_valid_period', 'max_sleep', 'retry_min', 'retry_max', 'job_poll'):
         try:
             config[key] = float(config[key])
         except (TypeError, ValueError):
@@ -175,6 +186,7 @@ def make_config(name, path, data):
     config['max_sleep'] = max(1.0, config['max_sleep'])
     config['retry_min'] = max(0.1, config['retry_min'])
     config['retry_max'] = max(config['retry_min'], config['retry_max'])
+    config['job_poll'] = max(1.0, config['job_poll'])
     return config
 
 
@@ -366,12 +378,13 @@ def token_file_report(config):
 # --- one pass ----------------------------------------------------------------------------------
 
 class Refresher(object):
-    def __init__(self, config):
+    def __init__(self, config, password=None):
         self.config = config
         self.name = config['name']
         self.store = _account_store.AccountStore(config_dir=config.get('config_dir'))
-        self._password = None
+        self._password = password
         self._warned = set()
+        self._job_state = None
 
     def password(self):
         if self._password is None:
@@ -382,6 +395,13 @@ class Refresher(object):
     def forget_password(self):
         self._password = None
 
+    def password_or_none(self):
+        """The password when its source gives one, else None (the caller reports what is wrong)."""
+        try:
+            return self.password()
+        except OidcTokensError:
+            return None
+
     def client_for(self, account):
         provider = dict(self.config.get('provider') or {})
         provider.setdefault('validate_certs', True)
@@ -389,6 +409,25 @@ class Refresher(object):
         provider.setdefault('retries', 3)
         provider.setdefault('allow_insecure_http', False)
         return _options.oauth_client(provider.get, account)
+
+    def job_ended(self):
+        """What ended the job the configuration follows, or None while it runs, or cannot be asked, or there is none.
+
+        A batch system that cannot be asked (its controller down) does not end the job: its tokens stay fresh
+        until it answers, or until the account's lifetime ends.
+        """
+        job = self.config.get('job')
+        if not job:
+            return None
+        state, detail = _jobs.job_state(job)
+        if state != self._job_state:
+            if state == 'unknown':
+                log.warning('Cannot tell whether the %s still runs (%s); its access token is kept fresh meanwhile.',
+                            _jobs.job_label(job), detail)
+            else:
+                log.info('The %s: %s.', _jobs.job_label(job), detail)
+            self._job_state = state
+        return detail if state == 'ended' else None
 
     def gone(self):
         return AccountNotFoundError('No account %r in %s: it was removed (teardown).'
@@ -479,6 +518,8 @@ class Refresher(object):
             delay, min_valid = expires_at - now - lead, int(lead + 1.999)
             if delay > config['max_sleep']:
                 delay, min_valid = config['max_sleep'], None
+        if config.get('job') and delay > config['job_poll']:
+            delay, min_valid = config['job_poll'], None     # look at the job again before the token is due
         lifetime_end = config.get('lifetime_end')
         if lifetime_end:
             delay = min(delay, lifetime_end - now)     # wake up at the end of the lifetime to end the account
@@ -497,17 +538,77 @@ def final_error(exc):
 def stop_for_good(config, exc, code):
     """The account ended: remove the bearer-token file, mark the account done, say why."""
     what = {EXIT_EXPIRED: 'the account reached the end of its lifetime',
-            EXIT_GONE: 'the account was removed or revoked, or its refresh token was refused'}[code]
+            EXIT_GONE: 'the account was removed or revoked, or its refresh token was refused',
+            EXIT_JOB_ENDED: 'the job ended'}[code]
     log.warning('Stopping: %s: %s', what, exc)
     remove_token_file(config, what)
     try:
-        write_state(config, status='expired' if code == EXIT_EXPIRED else 'gone', last_error=str(exc),
+        write_state(config, status={EXIT_EXPIRED: 'expired', EXIT_JOB_ENDED: 'job-ended'}.get(code, 'gone'),
+                    last_error=str(exc),
                     token_digest=None, expires_at=None)
         with open(state_path(config, 'done'), 'w', encoding='utf-8') as handle:
             handle.write('%s\n' % what)
     except (OSError, OidcTokensError) as err:
         log.error('Cannot record the end of the account in %s: %s', config['state_dir'], err)
     return code
+
+
+def without_cron_entry(lines, marker):
+    """The crontab ``lines`` without the entry under ``marker`` (the marker line and the job line after it)."""
+    kept, skip = [], False
+    for line in lines:
+        if skip:
+            skip = False
+            continue
+        if line == marker:
+            skip = True
+            continue
+        kept.append(line)
+    return kept
+
+
+def remove_own_cron_entry(name):
+    """Remove the entry of account ``name`` from the running user's crontab: True when there was one."""
+    try:
+        listing = subprocess.run(['crontab', '-l'], capture_output=True, text=True, check=False, timeout=60)
+        lines = listing.stdout.splitlines() if listing.returncode == 0 else []
+        kept = without_cron_entry(lines, CRON_MARKER % name)
+        if kept == lines:
+            return False
+        done = subprocess.run(['crontab', '-'], input=''.join(line + '\n' for line in kept), capture_output=True,
+                              text=True, check=False, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.error('Cannot remove the crontab entry of %s: %s', name, exc)
+        return False
+    if done.returncode != 0:
+        log.error('Cannot remove the crontab entry of %s: %s', name, done.stderr.strip())
+        return False
+    return True
+
+
+def end_with_job(config, refresher, why):
+    """The followed job ended: revoke the refresh token and remove the account and the files, as teardown does.
+
+    Returns True when that is done, False when the revocation failed: the account and its password are
+    then kept (a refresh token that lives on must stay revocable), and the caller tries again. Under
+    cron the refresher also removes its crontab entry and its configuration; under systemd root's units
+    would start it again, so the configuration stays with the end mark, which makes ``run`` exit at once.
+    """
+    log.warning('Ending the tokens of account %s: %s.', config['name'], why)
+    systemd = config.get('scheduler') == 'systemd'
+    outcome = teardown(config, password=refresher.password_or_none(), stop=False, keep_config=systemd)
+    for warning in outcome['warnings']:
+        log.warning('%s', warning)
+    if outcome['error']:
+        log.error('The revocation failed (%s); the account is kept and the end is tried again.', outcome['error'])
+        return False
+    if config.get('scheduler') == 'cron':
+        remove_own_cron_entry(config['name'])
+    if systemd:
+        stop_for_good(config, why, EXIT_JOB_ENDED)
+    log.info('The tokens ended with the job: %s the refresh token; removed %s.',
+             'revoked' if outcome['revoked'] else 'there was no', ', '.join(outcome['removed']) or 'nothing')
+    return True
 
 
 def is_done(config, store):
@@ -660,6 +761,14 @@ def cmd_run(config, args):
     min_valid = None
     while not _Flag.stop:
         try:
+            ended = refresher.job_ended()
+            if ended is not None:
+                if end_with_job(config, refresher, ended):
+                    code = EXIT_JOB_ENDED
+                    break
+                wait, delay = delay * (1 + random.random() * 0.25), min(delay * 2, config['retry_max'])
+                _sleep(wait)
+                continue
             expires_at = refresher.ensure(min_valid)
             delay = config['retry_min']
             wait, min_valid = refresher.next_wakeup(expires_at)
@@ -709,6 +818,9 @@ def _transient_failure(config, refresher, exc, delay):
 def cmd_once(config, args):
     setup_logging(config, verbose=args.verbose)
     refresher = Refresher(config)
+    ended = refresher.job_ended()
+    if ended is not None:
+        return EXIT_JOB_ENDED if end_with_job(config, refresher, ended) else EXIT_FAILED
     try:
         expires_at = refresher.ensure()
     except OidcTokensError as exc:
@@ -800,7 +912,10 @@ def cmd_status(config, args):
         'refresh_token_expires_at': state.get('refresh_token_expires_at'),
         'last_error': state.get('last_error'),
         'log_file': config['log_file'],
+        'job': config.get('job'),
     }
+    if config.get('job'):
+        out['job_state'], out['job_detail'] = _jobs.job_state(config['job'])
     say(json.dumps(out, indent=1, sort_keys=True))
     return EXIT_OK
 
@@ -862,8 +977,10 @@ def _remove_or_report(path, what, why, left_behind, links=False):
     return removed
 
 
-def teardown(config, force=False, keep_logs=True, password=None):
+def teardown(config, force=False, keep_logs=True, password=None, stop=True, keep_config=False):
     """End the job's tokens, as the job user: stop the loop, revoke and delete the account, remove the files.
+
+    ``stop=False``: the loop itself calls this (its job ended). ``keep_config``: the configuration stays.
 
     The bearer-token file always goes. The account, the password file the role wrote and the
     configuration go once the refresh token was revoked (or there was none, or ``force``); when the
@@ -872,9 +989,8 @@ def teardown(config, force=False, keep_logs=True, password=None):
     holds), 'warnings', 'error'}.
     """
     outcome = {'existed': False, 'revoked': False, 'removed': [], 'left_behind': [], 'warnings': [], 'error': None}
-    pid, outcome['stopped'] = stop_running(config, 15)
-    refresher = Refresher(config)
-    refresher._password = password
+    pid, outcome['stopped'] = stop_running(config, 15) if stop else (os.getpid(), 'running')
+    refresher = Refresher(config, password)
     store, name = refresher.store, config['name']
     if store.exists(name):
         outcome['existed'] = True
@@ -896,7 +1012,8 @@ def teardown(config, force=False, keep_logs=True, password=None):
     if outcome['error'] is None:
         if config.get('password_file_managed') and config.get('password_file'):
             paths.append((config['password_file'], 'the password file', False))
-        paths.append((config['path'], 'the refresher configuration', False))
+        if not keep_config:
+            paths.append((config['path'], 'the refresher configuration', False))
     suffixes = ('pid', 'state.json', 'done') + (() if keep_logs else ('log', 'log.1'))
     paths.extend((state_path(config, suffix), 'the refresher state', False) for suffix in suffixes)
     for path, what, links in paths:

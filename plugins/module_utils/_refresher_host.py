@@ -31,7 +31,7 @@ from collections import namedtuple
 
 # _refresher is the program this module installs, and the code that runs as the job user.
 from ansible_collections.oidc.tokens.plugins.module_utils import (
-    _account_store, _accounts, _options, _passwords, _private_files, _refresher)
+    _account_store, _accounts, _jobs, _options, _passwords, _private_files, _refresher)
 from ansible_collections.oidc.tokens.plugins.module_utils._account_names import validate_name
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 
@@ -48,7 +48,6 @@ SYSTEMD_DIR = '/etc/systemd/system'
 PASSED_ENVIRONMENT = ('https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY',
                       'REQUESTS_CA_BUNDLE', 'SSL_CERT_FILE')
 # The marker ansible.builtin.cron writes, so that the entries of earlier versions of the role are found too.
-CRON_MARKER = '#Ansible: oidc.tokens refresher of account %s'
 
 
 class RefresherSetupError(OidcTokensError):
@@ -139,7 +138,7 @@ def job_paths(user, name, prefix, run_dir, config_dir=None, token_file=None, tok
         'bin': os.path.join(prefix, 'bin', PROGRAM),
         'program': os.path.join(prefix, 'libexec', PROGRAM + '.pyz'),
         'unit': unit_name(user.name, name),
-        'cron_marker': CRON_MARKER % name,
+        'cron_marker': _refresher.CRON_MARKER % name,
     }
 
 
@@ -344,8 +343,9 @@ def systemd_units(user, paths):
                'Type=simple\n'
                'User=%(user)s\n'
                'ExecStart=%(bin)s run %(name)s\n'
-               '# 3: the account\'s lifetime ended, 4: the account was removed or revoked. Both are the end, not a failure.\n'
-               'SuccessExitStatus=3 4\n'
+               '# 3: the account\'s lifetime ended, 4: the account was removed or revoked, 5: the job it followed\n'
+               '# ended. Each is the end, not a failure.\n'
+               'SuccessExitStatus=3 4 5\n'
                'Restart=on-failure\n'
                'RestartSec=10\n'
                'UMask=0077\n'
@@ -417,20 +417,6 @@ def _crontab(user, *args, **kwargs):
         return None
 
 
-def _without_entry(lines, marker):
-    """The crontab ``lines`` without the entry under ``marker`` (the marker line and the job line after it)."""
-    kept, skip = [], False
-    for line in lines:
-        if skip:
-            skip = False
-            continue
-        if line == marker:
-            skip = True
-            continue
-        kept.append(line)
-    return kept
-
-
 def set_cron_entry(user, paths, present, check):
     """Add (``present``) or remove the account's entry in the user's crontab: True when it changed."""
     listing = _crontab(user, '-l')
@@ -440,7 +426,7 @@ def set_cron_entry(user, paths, present, check):
                                       'systemd or none.')
         return False
     lines = listing.stdout.splitlines() if listing.returncode == 0 else []
-    wanted = _without_entry(lines, paths['cron_marker'])
+    wanted = _refresher.without_cron_entry(lines, paths['cron_marker'])
     if present:
         wanted += [paths['cron_marker'], cron_line(paths)]
     if wanted == lines:
@@ -474,6 +460,8 @@ def refresher_config(paths, options):
         'log_file': os.path.join(paths['state_dir'], '%s.log' % paths['name']),
         'lifetime_end': options['lifetime_end'],
         'retry_max': options['retry_max'],
+        'job': options.get('job'),
+        'job_poll': options['job_poll'],
         'scheduler': options['scheduler'],
         'unit': paths['unit'],
         'provider': dict((key, options[key]) for key in ('ca_path', 'validate_certs', 'timeout', 'retries')),
@@ -630,10 +618,32 @@ def present(options, check):
     return user, paths, result
 
 
+def refuse_another_job(name, before, job):
+    """Refuse to start account ``name`` for ``job`` when its refresher follows another job.
+
+    Starting the same job again keeps everything (start is idempotent), and a refresher that follows no job
+    yet may be tied to one (job_submit.yml does that once the batch system gave the job its id). But the
+    tokens of a job that is followed are that job's: a second job started under the same name would take
+    them over, and the end of either would end the other's tokens.
+    """
+    followed = (before or {}).get('job')
+    if not followed or (job and (job['kind'], job['id']) == (followed.get('kind'), followed.get('id'))):
+        return
+    raise RefresherSetupError('Account %r already holds the tokens of %s%s. Give the new job an account name of its '
+                              'own; the tokens of that job end with it (or with state absent).' % (
+                                  name, _jobs.job_label(followed),
+                                  ', while this task names %s' % _jobs.job_label(job) if job else
+                                  ', and this task names no job (it would untie them from it)'))
+
+
 def started(options, check):
     """present(), the exchange when a subject token is given, then the configuration, the schedule, the loop running
     and a valid token in the file."""
+    job = options.get('job')
+    if job:     # checked before anything is done; a process's start time is read now
+        job = _jobs.describe_job(job['kind'], job['id'], job.get('slurm_conf'), job.get('scope'))
     user, paths, result = present(options, check)
+    refuse_another_job(options['name'], run_as(user, _refresher.read_config, paths['refresher_config']), job)
     scheduler = result['scheduler']
     lifetime_end = options['lifetime_end']
     if options['subject_token']:
@@ -647,7 +657,7 @@ def started(options, check):
         result['account'] = done.get('account')
         result['warnings'] = done.get('warnings') or []
         lifetime_end = lifetime_end or (done.get('account') or {}).get('lifetime_end')
-    config = refresher_config(paths, dict(options, scheduler=scheduler, lifetime_end=lifetime_end))
+    config = refresher_config(paths, dict(options, scheduler=scheduler, lifetime_end=lifetime_end, job=job))
     changed, before = run_as(user, configure_as_user, paths, config, check)
     result['diff'] = {'before': before or {}, 'after': config}
     if scheduler == 'systemd':
@@ -687,7 +697,7 @@ def absent(options, check):
     paths = _paths_for(user, options)
     changed = unschedule_systemd(paths, check)
     changed = set_cron_entry(user, paths, False, check) or changed
-    fallback = refresher_config(paths, dict(options, scheduler='none'))
+    fallback = refresher_config(paths, dict(options, scheduler='none', job=None))
     # What the task names explicitly wins over what start wrote; the rest comes from start's configuration.
     explicit = (('token_file', 'token_file'), ('password_file', 'encryption_password_file'),
                 ('password_command', 'encryption_password_command'))

@@ -150,6 +150,48 @@ options:
       - The end of the account's lifetime (seconds since the epoch, RV(oidc.tokens.oidc_token_exchange#module:account.lifetime_end));
         then the refresher revokes the refresh token, removes the account and stops.
     type: int
+  job:
+    description:
+      - The job the tokens are for. While it exists the refresher keeps the token fresh; once it has ended (finished,
+        failed, cancelled, its node rebooted) the refresher revokes the refresh token, removes the account, its
+        password file, the bearer-token file, its configuration and its crontab entry, and stops, with no Ansible run
+        needed. It looks every O(job_poll) seconds.
+      - A job that cannot be looked up (the batch system's controller is down, a command times out) is not taken for
+        ended, since ending the tokens of a running job would break it; the token is kept fresh meanwhile, up to the
+        end of the account's lifetime, and the refresher logs that it cannot tell.
+      - Without it, the tokens last until O(state=absent) or the end of the account's lifetime.
+      - Once the refresher of O(name) follows a job, starting it for another job, or for none, fails and changes
+        nothing (a second job would take over the first one's tokens); the same job again changes nothing.
+    type: dict
+    suboptions:
+      kind:
+        description:
+          - C(pid), a process of the host (told from a later process with the same id by its start time, read when
+            the task runs); C(slurm), a Slurm job id, asked of the controller with C(squeue); C(systemd), a unit
+            (C(systemctl show)), of the system, or of the job user with O(job.scope=user).
+        type: str
+        required: true
+        choices: [pid, slurm, systemd]
+      id:
+        description:
+          - The process id, the Slurm job id (C(1234), or C(1234_5) for an element of an array job) or the unit name.
+        type: str
+        required: true
+      slurm_conf:
+        description:
+          - The C(slurm.conf) that C(squeue) reads (its C(SLURM_CONF)), when it is not Slurm's default.
+        type: path
+      scope:
+        description:
+          - For C(systemd), whose unit it is.
+        type: str
+        choices: [system, user]
+        default: system
+  job_poll:
+    description:
+      - Seconds between two looks at O(job). A refresh token outlives its job by at most this, plus the revocation.
+    type: int
+    default: 30
   retry_max:
     description:
       - The longest wait, in seconds, between tries after a failed refresh.
@@ -226,6 +268,16 @@ EXAMPLES = r'''
     name: job1
     user: alice
     state: absent
+  become: true
+
+# Tie the tokens to a Slurm job: they end (revoked, removed) within job_poll seconds after the job does.
+- name: Follow bob's batch job
+  oidc.tokens.oidc_refresher:
+    name: job2
+    user: bob
+    job:
+      kind: slurm
+      id: "{{ submitted.stdout | trim }}"
   become: true
 
 # The same with an account made separately (another module, another password source).
@@ -387,6 +439,13 @@ def main():
             min_valid_period=dict(type='int', default=60),
             lifetime_end=dict(type='int'),
             retry_max=dict(type='int', default=60),
+            job=dict(type='dict', options=dict(
+                kind=dict(type='str', required=True, choices=['pid', 'slurm', 'systemd']),
+                id=dict(type='str', required=True),
+                slurm_conf=dict(type='path'),
+                scope=dict(type='str', default='system', choices=['system', 'user']),
+            )),
+            job_poll=dict(type='int', default=30),
             scheduler=dict(type='str', default='auto', choices=['auto', 'systemd', 'cron', 'none']),
             start_timeout=dict(type='int', default=60),
             prefix=dict(type='str', default='/opt/oidc-tokens'),

@@ -613,3 +613,76 @@ def test_write_secret_file_leaves_links_and_other_users_files_alone(tmp_path):
             write_secret_file(str(other), 'tok-3f9a')
         assert 'belongs to uid 65534' in str(info.value)
         assert other.read_text() == 'theirs'
+
+
+# --- the job the tokens follow (_jobs.py) ------------------------------------------------------------------------
+
+def _process_job(proc):
+    from ansible_collections.oidc.tokens.plugins.module_utils import _jobs
+    return _jobs.describe_job('pid', proc.pid)
+
+
+def test_the_tokens_end_with_the_process_they_follow(op_long, tmp_path):
+    """No Ansible run: the job's process exits, the refresher revokes, removes everything and stops."""
+    work = subprocess.Popen(['sleep', '600'])
+    job = Job(op_long, tmp_path, password_file_managed=True, job=_process_job(work), job_poll=1)
+    proc = job.start()
+    try:
+        job.wait_for_token()
+        refresh_token = job.refresh_token()
+        assert job.rt_active(refresh_token)
+        time.sleep(2.5)     # a few looks at a running job change nothing
+        assert proc.poll() is None and job.token_file.exists()
+        work.kill()
+        work.wait()
+        ended_at = time.monotonic()
+        assert proc.wait(30) == 5, job.log_text()
+        took = time.monotonic() - ended_at
+    finally:
+        for running in (work, proc):
+            if running.poll() is None:
+                stop(running)
+    print('the refresh token was revoked %.1f s after the job ended (job_poll 1 s)' % took)
+    assert took < 1 + 10, 'job_poll plus the revocation'
+    assert not job.rt_active(refresh_token), 'the refresh token lives on at the provider'
+    for path in (job.store.path(job.name), job.password_file, job.token_file, job.config_path):
+        assert not os.path.exists(str(path)), '%s is left' % path
+    log = job.log_text()
+    assert 'process %d has exited' % work.pid in log and 'The tokens ended with the job: revoked' in log
+    assert PASSWORD not in log and refresh_token not in log
+
+
+def test_a_pid_taken_by_another_process_is_not_the_job(op, tmp_path):
+    """The job's process ended and its pid now names another process: the job has ended all the same."""
+    work = subprocess.Popen(['sleep', '600'])
+    described = _process_job(work)
+    stop(work)
+    time.sleep(0.1)     # start times count clock ticks (10 ms): a real reuse of a pid comes much later
+    other = subprocess.Popen(['sleep', '600'])
+    try:
+        described['id'] = str(other.pid)     # as if the kernel had given the pid to the new process
+        job = Job(op, tmp_path, password_file_managed=True, job=described)
+        refresh_token = job.refresh_token()
+        done = job.run('once')
+        assert done.returncode == 5, done.stderr
+        assert 'now belongs to another process' in done.stderr
+        assert not job.rt_active(refresh_token)
+        assert not os.path.exists(job.store.path(job.name)) and not job.token_file.exists()
+    finally:
+        stop(other)
+
+
+def test_a_job_that_cannot_be_looked_up_keeps_its_token_fresh(op, tmp_path):
+    """systemctl cannot answer here (PID 1 is not systemd): that is not the end of the job, only a warning."""
+    job = Job(op, tmp_path, job={'kind': 'systemd', 'id': 'compute-job.service'}, job_poll=1)
+    proc = job.start()
+    try:
+        first = job.wait_for_token()
+        time.sleep(AT_TTL * 2 + 1)      # the token is refreshed across lifetimes meanwhile
+        assert proc.poll() is None, job.log_text()
+        assert job.token() != first and job.active(job.token())
+        assert os.path.exists(job.store.path(job.name))
+    finally:
+        stop(proc)
+    log = job.log_text()
+    assert log.count('Cannot tell whether the systemd job compute-job.service still runs') == 1, log

@@ -18,7 +18,7 @@ def main(directory, user_name, account):
     units = _refresher_host.systemd_units(user, paths)
     service = units['service']
     for wanted in ('User=%s' % user_name, 'ExecStart=/opt/oidc-tokens/bin/oidc-tokens-refresher run %s' % account,
-                   'SuccessExitStatus=3 4', 'Restart=on-failure'):
+                   'SuccessExitStatus=3 4 5', 'Restart=on-failure'):
         if wanted not in service.splitlines():
             sys.exit('render_units: the service unit lacks the line %r' % wanted)
     os.makedirs(directory, exist_ok=True)

@@ -11,10 +11,16 @@
 #   3. teardown again, and teardown of a job that never started: both succeed;
 #   4. the role's argument specs and checks refuse bad input with messages that name the variable;
 #   5. the systemd units the role writes pass `systemd-analyze verify`
-#   (4 and 5 involve no provider: only in the node-oidc-provider pass).
-# Needs root (it creates the users oidcjob1..3 and removes them at the end), useradd, su, crontab
-# and setfacl (scripts/setup installs cron and acl), and Python 3 with requests, PyNaCl and
-# cryptography for the job users (scripts/setup installs python3-requests, python3-nacl, python3-cryptography).
+#   6. a Slurm batch job (job_submit.yml, a one-node Slurm of the test) that outlives several access tokens,
+#      and one cancelled with scancel: each time the refreshers end the tokens by themselves, within a
+#      bound, with nothing left and no job_teardown.yml run;
+#   7. a job user with a runtime directory (/run/user/UID, made here as logind would) gets the token
+#      there, and a cron daemon (started here if none runs) restarts a refresher that was killed;
+#   (4, 5 and 7 need no second provider: only in the node-oidc-provider pass).
+# Needs root (it creates the users oidcjob1..3 and removes them at the end), useradd, su, crontab,
+# setfacl, munged and slurmctld (scripts/setup installs cron, acl, munge and slurm-wlm), and Python 3
+# with requests, PyNaCl and cryptography for the job users (scripts/setup installs python3-requests,
+# python3-nacl, python3-cryptography).
 set -eu -o pipefail
 [ -z "${JOB_TOKENS_TRACE:-}" ] || set -x
 
@@ -50,9 +56,14 @@ chmod 0755 "$WORK"   # the job users read the CA, the probe and their result dir
 PROVIDER_STATE=$WORK/provider
 CREATED_USERS=()
 WATCHER=
+CRON_STARTED=
+RUNTIME_DIR=
 cleanup() {
     local rc=$?
     set +e
+    if declare -F stop_slurm >/dev/null; then
+        stop_slurm
+    fi
     if [ -n "$WATCHER" ]; then
         touch "$WORK/watch.stop"
         wait "$WATCHER"
@@ -63,6 +74,12 @@ cleanup() {
     fi
     if [ -f "$PROVIDER_STATE/provider.json" ]; then
         provider stop --state-dir "$PROVIDER_STATE" >/dev/null 2>&1
+    fi
+    if [ -n "$CRON_STARTED" ]; then
+        pkill -x cron
+    fi
+    if [ -n "$RUNTIME_DIR" ]; then
+        rm -rf "$RUNTIME_DIR"
     fi
     for user in "${CREATED_USERS[@]}"; do
         userdel -r "$user" >/dev/null 2>&1 || echo "job_tokens: could not remove the user $user" >&2
@@ -233,8 +250,113 @@ ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit 
 [ "$(stat_of revocation)" -eq $((revoked_before + 1)) ] || die "teardown after check mode did not revoke"
 echo "ok: check mode reports, changes nothing, revokes nothing"
 
-# Steps 4 and 5 check the role's input and units, which no provider takes part in: they run in the
-# node-oidc-provider pass of scripts/test integration only.
+# --- 6. a Slurm batch job whose tokens end with it -------------------------------------------------------
+# A one-node Slurm of this test (tests/support/slurm_cluster.py: Debian's munge, slurmctld and slurmd, started
+# directly and stopped at the end). job_submit.yml starts the tokens, submits the job with sbatch and ties each
+# worker's refresher to the job id; nothing but the refreshers ends the tokens: no job_teardown.yml runs.
+JOB_POLL=2
+BOUND=$((JOB_POLL + 20))
+SLURM_DIR=$WORK/slurm
+SUPPORT=$(dirname "${PROVIDER_CLI[-1]}")
+stop_slurm() { [ ! -f "$SLURM_DIR/slurm.conf" ] || helper "$SUPPORT/slurm_cluster.py" stop --dir "$SLURM_DIR"; }
+slurm_state() { squeue --noheader --states=all --jobs="$1" --format=%T 2>/dev/null || true; }
+tokens_end_with_job() {  # job id, users...: wait for the job's end, then for every worker's tokens to end
+    local id=$1 state ended user uid deadline
+    shift
+    deadline=$((SECONDS + 120))
+    while state=$(slurm_state "$id"); [ -n "$state" ] && [[ ! "$state" =~ ^(COMPLETED|CANCELLED|FAILED|TIMEOUT)$ ]]; do
+        [ "$SECONDS" -lt "$deadline" ] || die "Slurm job $id did not end (it is $state)"
+        sleep 0.2
+    done
+    ended=$(date +%s%N)
+    deadline=$((SECONDS + BOUND))
+    for user in "$@"; do
+        uid=$(id -u "$user")
+        while [ -e "/home/$user/.config/oidc-agent/$ACCOUNT" ] || [ -e "/run/oidc-tokens/$uid/bt_u$uid" ]; do
+            [ "$SECONDS" -lt "$deadline" ] || die "the tokens of $user outlived Slurm job $id by more than $BOUND s"
+            sleep 0.2
+        done
+    done
+    echo "Slurm job $id ended (${state:-forgotten}); the tokens of $* ended $(( ($(date +%s%N) - ended) / 1000000 )) ms" \
+        "later (job_poll $JOB_POLL s, bound $BOUND s)"
+}
+submit() {  # hosts, job script: job_submit.yml; prints the job id
+    ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_submit.yml" --limit "$1" -e job_script="$2" \
+        -e job_slurm_conf="$SLURM_CONF" -e job_tokens_job_poll=$JOB_POLL \
+        -e '{"job_environment": {"PROBE_CLIENT_SECRET": "{{ lookup(\"ansible.builtin.env\", \"JOB_TOKENS_TEST_RS_SECRET\") }}"}}' \
+        >"$WORK/submit.log" 2>&1 || { cat "$WORK/submit.log" >&2; die "job_submit.yml failed"; }
+    sed -n 's/.*"msg": "Slurm job \([0-9]*\);.*/\1/p' "$WORK/submit.log" | head -1
+}
+watch_accounts() {  # users...: remember their refresh tokens until watch.stop appears
+    rm -f "$WORK/watch.stop"
+    helper "$TARGET_DIR/watch_accounts.py" "$WORK/slurm-tokens.json" "$WORK/watch.stop" "${@/%/:$ACCOUNT}" &
+    WATCHER=$!
+}
+end_watch() {
+    touch "$WORK/watch.stop"
+    wait "$WATCHER"
+    WATCHER=
+}
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+    die "no slurmctld or munged: scripts/setup installs Debian's slurm-wlm and munge"
+fi
+say "6. job_submit.yml: a Slurm job of $DURATION s that introspects its token every second; its tokens end with it"
+helper "$SUPPORT/slurm_cluster.py" start --dir "$SLURM_DIR" >"$WORK/slurm.json" || die "the test's Slurm did not start"
+export SLURM_CONF=$SLURM_DIR/slurm.conf
+cat >"$WORK/slurm_job.sh" <<EOF
+#!/bin/bash
+#SBATCH --output=/dev/null
+exec python3 $WORK/bearer_token_probe.py --check introspect --duration $DURATION --interval 1 \\
+    --introspection-url $INTROSPECTION_URL --client-id plain-client --ca $CA \\
+    --summary $WORK/results/oidcjob1.json --label slurm
+EOF
+chmod 0755 "$WORK/slurm_job.sh"
+rm -f "$WORK/results/oidcjob1.json"
+watch_accounts oidcjob1
+id=$(submit worker1 "$WORK/slurm_job.sh")
+[ -n "$id" ] || { cat "$WORK/submit.log"; die "job_submit.yml named no job id"; }
+tokens_end_with_job "$id" oidcjob1
+end_watch
+helper "$TARGET_DIR/check_job.py" --no-counts "$WORK/provider.json" /dev/null "$WORK/slurm-tokens.json" \
+    "$WORK/results" "$DURATION" "$ACCOUNT" oidcjob1
+
+say "6b. a Slurm job tied to all three workers, cancelled with scancel: every worker's tokens end with it"
+printf '#!/bin/bash\n#SBATCH --output=/dev/null\nsleep 600\n' >"$WORK/slurm_sleep.sh"
+chmod 0755 "$WORK/slurm_sleep.sh"
+watch_accounts "${USERS[@]}"
+id=$(submit worker1 "$WORK/slurm_sleep.sh")
+[ -n "$id" ] || { cat "$WORK/submit.log"; die "job_submit.yml named no job id"; }
+# The other workers' job users differ (these workers are one machine), so their token files do too, which
+# job_submit.yml refuses (one job environment): they are tied to the running job with job_start.yml.
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker2,worker3 -e job_tokens_job_poll=$JOB_POLL \
+    -e "{\"job_tokens_job\": {\"kind\": \"slurm\", \"id\": \"$id\", \"slurm_conf\": \"$SLURM_CONF\"}}" \
+    >"$WORK/tie.log" 2>&1 || { cat "$WORK/tie.log"; die "job_start.yml with job_tokens_job failed"; }
+if ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker2 \
+        -e "{\"job_tokens_job\": {\"kind\": \"slurm\", \"id\": \"$((id + 1000))\"}}" >"$WORK/takeover.log" 2>&1; then
+    cat "$WORK/takeover.log"
+    die "a second job took over the tokens of a running one"
+fi
+grep -q "Account .$ACCOUNT. already holds the tokens of slurm job $id, while this task names slurm job $((id + 1000))" \
+    "$WORK/takeover.log" || { cat "$WORK/takeover.log"; die "the takeover was refused without saying why"; }
+echo "ok: a second job under the name of a running one is refused"
+sleep $((JOB_POLL + 1))     # the refreshers look at the running job: nothing ends
+for user in "${USERS[@]}"; do
+    [ -e "/home/$user/.config/oidc-agent/$ACCOUNT" ] || die "$user has no account while the job runs"
+done
+runuser -u oidcjob1 -- env SLURM_CONF="$SLURM_CONF" scancel "$id"
+tokens_end_with_job "$id" "${USERS[@]}"
+end_watch
+helper "$TARGET_DIR/check_job.py" --no-job --no-counts "$WORK/provider.json" /dev/null "$WORK/slurm-tokens.json" \
+    "$WORK/results" "$DURATION" "$ACCOUNT" "${USERS[@]}"
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" >"$WORK/teardown-after-slurm.log" 2>&1 ||
+    { cat "$WORK/teardown-after-slurm.log"; die "job_teardown.yml failed after the tokens ended with the job"; }
+grep -Eq 'worker[123] +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$WORK/teardown-after-slurm.log" ||
+    { cat "$WORK/teardown-after-slurm.log"; die "job_teardown.yml after the tokens ended with the job changed something"; }
+echo "ok: job_teardown.yml afterwards changes nothing"
+stop_slurm
+
+# Steps 4, 5 and 7 check the role's input, its units, the runtime directory and cron, where a second
+# provider adds nothing: they run in the node-oidc-provider pass of scripts/test integration only.
 if [ "$KIND" = node-oidc-provider ]; then
     # --- 4. bad input --------------------------------------------------------------------------------------
     say "4. bad input is refused with messages that name the variable"
@@ -259,7 +381,42 @@ if [ "$KIND" = node-oidc-provider ]; then
     else
         echo "skipped: no systemd-analyze (Debian package systemd)"
     fi
+
+    # --- 7. the runtime directory, and cron bringing a dead refresher back ------------------------------
+    say "7. a job user with a runtime directory gets the token there; cron restarts a refresher that died"
+    uid=$(id -u oidcjob2)
+    runtime=/run/user/$uid
+    [ ! -e "$runtime" ] || die "$runtime exists already: this target makes it (as logind would) and removes it"
+    install -d -m 0700 -o oidcjob2 -g "$(id -g oidcjob2)" "$runtime"
+    RUNTIME_DIR=$runtime
+    if ! pgrep -x cron >/dev/null; then
+        cron || die "cron did not start"     # Debian's cron daemonizes; stopped again in cleanup
+        CRON_STARTED=1
+    fi
+    ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker2 >"$WORK/start-runtime.log" 2>&1 ||
+        { cat "$WORK/start-runtime.log"; die "job_start.yml failed"; }
+    [ -s "$runtime/bt_u$uid" ] || die "the bearer-token file is not in the runtime directory $runtime"
+    [ ! -e "/run/oidc-tokens/$uid/bt_u$uid" ] || die "a bearer-token file is in /run/oidc-tokens as well"
+    [ "$(stat -c %a:%U "$runtime/bt_u$uid")" = 600:oidcjob2 ] || die "the bearer-token file is not 0600 of oidcjob2"
+    echo "ok: the token is in \$XDG_RUNTIME_DIR/bt_u$uid, the WLCG discovery place"
+    refresher_pid() { pgrep -u oidcjob2 -f "oidc-tokens-refresher.* $ACCOUNT\$" | head -1; }
+    old=$(refresher_pid)
+    [ -n "$old" ] || die "no refresher runs for oidcjob2"
+    kill -KILL "$old"
+    died=$SECONDS
+    echo "killed the refresher (pid $old); cron starts the watchdog entry every minute"
+    until new=$(refresher_pid) && [ -n "$new" ] && [ "$new" != "$old" ]; do
+        [ $((SECONDS - died)) -lt 75 ] || die "cron did not restart the refresher within 75 s"
+        sleep 1
+    done
+    rm -f "$runtime/bt_u$uid"    # the restarted loop must write it again
+    for _ in $(seq 1 30); do [ -s "$runtime/bt_u$uid" ] && break; sleep 0.5; done
+    [ -s "$runtime/bt_u$uid" ] || die "the restarted refresher did not write the bearer-token file"
+    echo "ok: cron restarted the refresher $((SECONDS - died)) s after it died (pid $new), and it serves the token again"
+    ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker2 >/dev/null
+    [ -z "$(ls -A "$runtime")" ] || die "teardown left $(ls -A "$runtime") in $runtime"
+    echo "ok: teardown left the runtime directory empty"
 else
-    say "4. and 5. (argument checks, systemd units) do not involve the provider: run in the node-oidc-provider pass"
+    say "4., 5. and 7. (argument checks, systemd units, runtime directory and cron) run in the node-oidc-provider pass"
 fi
 say "all passed"

@@ -18,7 +18,7 @@ import pytest
 from ansible_collections.oidc.tokens.plugins.module_utils import _refresher_host as host
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import InvalidAccountNameError
 
-OPTIONS = {'min_valid_period': 60, 'lifetime_end': 1900000000, 'retry_max': 30, 'scheduler': 'cron',
+OPTIONS = {'min_valid_period': 60, 'lifetime_end': 1900000000, 'retry_max': 30, 'scheduler': 'cron', 'job_poll': 30,
            'ca_path': '/etc/ca.pem', 'validate_certs': True, 'timeout': 10, 'retries': 3}
 
 
@@ -82,7 +82,10 @@ def test_the_configuration_names_the_password_source_not_the_password(tmp_path):
     assert config['password_file'] == paths['password_file'] and config['password_command'] is None
     assert config['provider'] == {'ca_path': '/etc/ca.pem', 'validate_certs': True, 'timeout': 10, 'retries': 3}
     assert config['lifetime_end'] == 1900000000 and config['scheduler'] == 'cron'
+    assert config['job'] is None and config['job_poll'] == 30
     json.dumps(config)    # what the module writes
+    job = {'kind': 'slurm', 'id': '42'}
+    assert host.refresher_config(paths, dict(OPTIONS, job=job))['job'] == job
 
 
 def test_the_systemd_units_run_the_loop_as_the_job_user(tmp_path):
@@ -90,7 +93,7 @@ def test_the_systemd_units_run_the_loop_as_the_job_user(tmp_path):
     units = host.systemd_units(job_user(tmp_path), paths)
     service = units['service'].splitlines()
     assert 'User=alice' in service and 'ExecStart=/opt/oidc-tokens/bin/oidc-tokens-refresher run job1' in service
-    assert 'SuccessExitStatus=3 4' in service and 'Restart=on-failure' in service
+    assert 'SuccessExitStatus=3 4 5' in service and 'Restart=on-failure' in service
     assert 'Unit=oidc-tokens-refresher-alice-job1.service' in units['timer'].splitlines()
 
 
@@ -166,3 +169,15 @@ def test_a_user_without_crontab_gets_one(tmp_path, crontab):
     assert not host.set_cron_entry(user, paths, False, check=False)
     assert host.set_cron_entry(user, paths, True, check=False)
     assert len(crontab.read_text().splitlines()) == 2
+
+
+def test_an_account_that_follows_a_job_is_not_taken_over_by_another():
+    slurm = {'kind': 'slurm', 'id': '42'}
+    host.refuse_another_job('job1', None, slurm)                           # a new account
+    host.refuse_another_job('job1', {'job': None}, slurm)                  # tied once the job has its id
+    host.refuse_another_job('job1', {'job': slurm}, dict(slurm))           # the same job started again
+    with pytest.raises(host.RefresherSetupError, match="Account 'job1' already holds the tokens of slurm job 42, "
+                                                       "while this task names slurm job 43"):
+        host.refuse_another_job('job1', {'job': slurm}, {'kind': 'slurm', 'id': '43'})
+    with pytest.raises(host.RefresherSetupError, match='names no job'):
+        host.refuse_another_job('job1', {'job': slurm}, None)
