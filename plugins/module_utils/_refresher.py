@@ -7,7 +7,7 @@ The program the module oidc.tokens.oidc_refresher installs on a worker (as the _
 application that holds it and, verbatim, the module_utils it imports) and runs as the job user. It
 hands out access tokens of an account that oidc.tokens.oidc_token_exchange made, with the
 collection's own token layer, and keeps an access token with at least min_valid_period seconds left
-in the bearer-token file ($XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid> or a file the user named),
+in the bearer-token file ($XDG_RUNTIME_DIR/bt_u<uid>-NAME, /tmp/bt_u<uid> or a file the user named),
 written atomically, 0600.
 
     oidc-tokens-refresher run NAME [--detach]    the refresh loop (systemd service, cron watchdog)
@@ -145,6 +145,25 @@ def load_config(name, path=None):
         raise ConfigError('No refresher configuration for account %r: %s does not exist (the module '
                           'oidc.tokens.oidc_refresher writes it).' % (name, path))
     return make_config(name, path, data)
+
+
+def token_file_holders(directory, token_file, name):
+    """The accounts other than ``name`` whose refresher configuration in ``directory`` names ``token_file``."""
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    holders = []
+    for entry in entries:
+        if not entry.endswith('.json') or entry == '%s.json' % name:
+            continue
+        try:
+            data = read_config(os.path.join(directory, entry))
+        except ConfigError:
+            continue
+        if isinstance(data, dict) and data.get('token_file') == token_file:
+            holders.append(entry[:-len('.json')])
+    return holders
 
 
 def make_config(name, path, data):

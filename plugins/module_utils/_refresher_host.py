@@ -101,9 +101,10 @@ def job_paths(user, name, prefix, run_dir, config_dir=None, token_file=None, tok
 
     The password file the module manages lives in the job user's directory under ``run_dir``
     (root's, so nobody can plant anything there; a tmpfs where /run is one), never beside the account
-    in the home directory, where a backup or an NFS export would hold both. The bearer-token file goes
-    to the WLCG discovery place $XDG_RUNTIME_DIR/bt_u<uid> when the user has a runtime directory,
-    else to that same private directory; /tmp/bt_u<uid> only when ``token_file_in_tmp`` asks for it.
+    in the home directory, where a backup or an NFS export would hold both. The bearer-token file is
+    the account's own, bt_u<uid>-<name> (so that two jobs of a user never share one), in the user's
+    runtime directory $XDG_RUNTIME_DIR when there is one, else in that same private directory; the
+    WLCG discovery place /tmp/bt_u<uid> only when ``token_file_in_tmp`` asks for it.
     """
     validate_name(name)
     for option, value in (('prefix', prefix), ('run_dir', run_dir)):
@@ -130,7 +131,8 @@ def job_paths(user, name, prefix, run_dir, config_dir=None, token_file=None, tok
         'state_dir': os.path.join(user.home, '.local', 'state', 'oidc-tokens'),
         'run_dir': run_dir,
         'private_dir': private_dir,
-        'token_file': token_file or os.path.join(token_dir, 'bt_u%d' % user.uid),
+        'token_file': token_file or os.path.join(token_dir, ('bt_u%d' if token_file_in_tmp else 'bt_u%d-' + name)
+                                                 % user.uid),
         'password_file': None if password_command else password_file or os.path.join(private_dir, '%s.password' % name),
         'password_command': password_command or None,
         'password_file_managed': managed,
@@ -602,13 +604,18 @@ def _facts(paths, scheduler):
     return facts
 
 
-def present(options, check):
-    """Directories, the password file and the program: the host ready for the account's exchange."""
+def present(options, check, refuse=None):
+    """Directories, the password file and the program: the host ready for the account's exchange.
+
+    ``refuse(user, paths)``: raises when the task must not go on, before anything is changed.
+    """
     if os.geteuid() != 0:
         raise RefresherSetupError('oidc.tokens.oidc_refresher runs as root (become: true): it installs the refresher '
                                   'and schedules it; it acts as the job user where the job user\'s files are concerned.')
     user = JobUser.find(options['user'])
     paths = _paths_for(user, options)
+    if refuse is not None:
+        refuse(user, paths)
     python = options['python'] or sys.executable
     changed = install_program(paths, python, check)
     changed = private_run_dir(user, paths, check) or changed
@@ -616,6 +623,16 @@ def present(options, check):
     result = dict(_facts(paths, choose_scheduler(options['scheduler'])), changed=changed, python=python,
                   missing_libraries=missing_libraries(python))
     return user, paths, result
+
+
+def refuse_conflicts(user, paths, job):
+    """Refuse a start that would take over another job's tokens or bearer-token file (as the job user, who owns them)."""
+    refuse_another_job(paths['name'], run_as(user, _refresher.read_config, paths['refresher_config']), job)
+    holders = run_as(user, _refresher.token_file_holders, paths['refresher_dir'], paths['token_file'], paths['name'])
+    if holders:
+        raise RefresherSetupError('%s is the bearer-token file of account %s of %s already: two jobs would overwrite '
+                                  'each other\'s tokens. Name another token_file, or leave it to the default (each '
+                                  'account its own).' % (paths['token_file'], ', '.join(holders), user.name))
 
 
 def refuse_another_job(name, before, job):
@@ -642,8 +659,7 @@ def started(options, check):
     job = options.get('job')
     if job:     # checked before anything is done; a process's start time is read now
         job = _jobs.describe_job(job['kind'], job['id'], job.get('slurm_conf'), job.get('scope'))
-    user, paths, result = present(options, check)
-    refuse_another_job(options['name'], run_as(user, _refresher.read_config, paths['refresher_config']), job)
+    user, paths, result = present(options, check, refuse=lambda user, paths: refuse_conflicts(user, paths, job))
     scheduler = result['scheduler']
     lifetime_end = options['lifetime_end']
     if options['subject_token']:

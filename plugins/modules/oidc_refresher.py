@@ -72,13 +72,16 @@ options:
     type: path
   token_file:
     description:
-      - The bearer-token file. Default C($XDG_RUNTIME_DIR/bt_u<uid>) when the job user has a runtime directory
-        C(/run/user/<uid>), else C(bt_u<uid>) in the job user's directory under O(run_dir).
+      - The bearer-token file. Default C(bt_u<uid>-<name>), the account's own (two jobs of a user never share one),
+        in the job user's runtime directory C(/run/user/<uid>) when there is one, else in the job user's directory
+        under O(run_dir). The job finds it through C(BEARER_TOKEN_FILE) (RV(environment)).
+      - A file that the refresher of another account of the job user writes is refused.
     type: path
   token_file_in_tmp:
     description:
-      - Default O(token_file) to C(/tmp/bt_u<uid>), the WLCG discovery place for users without a runtime directory.
-        In a shared directory another user may have planted a file there, which the refresher then refuses to use.
+      - Default O(token_file) to C(/tmp/bt_u<uid>), the WLCG discovery place for tools that do not read
+        C(BEARER_TOKEN_FILE) (one job per user then). In a shared directory another user may have planted a file
+        there, which the refresher then refuses to use.
     type: bool
     default: false
   encryption_password:
@@ -323,7 +326,7 @@ token_file:
   description: The bearer-token file (C(BEARER_TOKEN_FILE) of the job).
   returned: state is present or started
   type: str
-  sample: /run/user/1001/bt_u1001
+  sample: /run/user/1001/bt_u1001-job1
 password_file:
   description: The password file the account is encrypted with (null with O(encryption_password_command)).
   returned: state is present or started

@@ -356,7 +356,7 @@ def test_a_planted_bearer_token_file_is_never_used_and_blocks_nothing(provider_f
         assert run.rc == 0, run.stdout[-5000:] + run.stderr[-3000:]
         with open(worker.token_file_note, encoding='utf-8') as handle:
             token_file = handle.read()
-        assert token_file == os.path.join(worker.run_dir, str(worker.entry.pw_uid), 'bt_u%d' % worker.entry.pw_uid)
+        assert token_file == os.path.join(worker.run_dir, str(worker.entry.pw_uid), 'bt_u%d-job1' % worker.entry.pw_uid)
         with open(token_file, encoding='utf-8') as handle:
             assert 'planted' not in handle.read()
         rt = worker.account_rt()['refresh_token']

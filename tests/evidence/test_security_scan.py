@@ -293,7 +293,7 @@ def test_flow_b_job_tokens_role(world):
         uid = entry.pw_uid
         # No runtime directory on this machine: the role's private directory of the job user under /run.
         private_dir = '/run/oidc-tokens/%d' % uid
-        token_file = os.path.join(private_dir, 'bt_u%d' % uid)
+        token_file = os.path.join(private_dir, 'bt_u%d-%s' % (uid, ACCOUNT))
         inventory = ansible.write_private('inventory.yml', {'all': {'children': {'workers': {
             'hosts': {'worker1': {'job_tokens_user': JOB_USER}},
             'vars': {

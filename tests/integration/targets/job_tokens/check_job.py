@@ -102,8 +102,8 @@ def main(provider_json, counts_json, tokens_json, results_dir, duration, account
             check(job['distinct_tokens'] >= 3, '%s: the token was refreshed while the job ran (%d distinct tokens)'
                   % (user, job['distinct_tokens']))
             # No runtime directory here: the job user's private directory under /run/oidc-tokens, never /tmp.
-            check(job['token_file'] == '/run/oidc-tokens/%d/bt_u%d' % (uid, uid),
-                  '%s: the job found the token in its private directory /run/oidc-tokens/%d (%s)'
+            check(job['token_file'] == '/run/oidc-tokens/%d/bt_u%d-%s' % (uid, uid, account),
+                  '%s: the job found the account\'s own token file in its private directory /run/oidc-tokens/%d (%s)'
                   % (user, uid, job['token_file']))
 
         held = tokens.get(user) or {}
@@ -118,8 +118,8 @@ def main(provider_json, counts_json, tokens_json, results_dir, duration, account
         left = [path for path in (
             os.path.join(home, '.config', 'oidc-agent', account),
             '/tmp/bt_u%d' % uid,
-            '/run/user/%d/bt_u%d' % (uid, uid),
-            '/run/oidc-tokens/%d/bt_u%d' % (uid, uid),
+            '/run/user/%d/bt_u%d-%s' % (uid, uid, account),
+            '/run/oidc-tokens/%d/bt_u%d-%s' % (uid, uid, account),
             '/run/oidc-tokens/%d/%s.password' % (uid, account),
             os.path.join(home, '.config', 'oidc-tokens', 'refresher', account + '.json'),
             os.path.join(home, '.config', 'oidc-tokens', 'refresher', account + '.password'),

@@ -16,7 +16,8 @@
 #      bound, with nothing left and no job_teardown.yml run;
 #   7. a job user with a runtime directory (/run/user/UID, made here as logind would) gets the token
 #      there, and a cron daemon (started here if none runs) restarts a refresher that was killed;
-#   (4, 5 and 7 need no second provider: only in the node-oidc-provider pass).
+#   8. two jobs of one job user: a bearer-token file each; a third naming another's file is refused;
+#   (4, 5, 7 and 8 need no second provider: only in the node-oidc-provider pass).
 # Needs root (it creates the users oidcjob1..3 and removes them at the end), useradd, su, crontab,
 # setfacl, munged and slurmctld (scripts/setup installs cron, acl, munge and slurm-wlm), and Python 3
 # with requests, PyNaCl and cryptography for the job users (scripts/setup installs python3-requests,
@@ -202,7 +203,7 @@ grep -A1 'TASK \[oidc.tokens.job_tokens : Exchange the subject token' "$WORK/fai
 [ "$(stat_of revocation)" -eq $((revoked_before + 1)) ] ||
     { cat "$WORK/failing.log"; die "the failing job's refresh token was not revoked"; }
 uid=$(id -u oidcjob1)
-for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/run/oidc-tokens/$uid/bt_u$uid" "/run/oidc-tokens/$uid/$ACCOUNT.password" \
+for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT" "/run/oidc-tokens/$uid/$ACCOUNT.password" \
     "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
     [ ! -e "$path" ] || die "$path is left after the failing job"
 done
@@ -223,7 +224,7 @@ left_of_worker1() {  # what start leaves on worker1 (the job user oidcjob1)
     local uid found=()
     uid=$(id -u oidcjob1)
     for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/run/oidc-tokens/$uid/$ACCOUNT.password" \
-        "/run/oidc-tokens/$uid/bt_u$uid" "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
+        "/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT" "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
         [ ! -e "$path" ] || found+=("$path")
     done
     if crontab -l -u oidcjob1 2>/dev/null | grep -q oidc-tokens-refresher; then found+=(cron); fi
@@ -272,7 +273,7 @@ tokens_end_with_job() {  # job id, users...: wait for the job's end, then for ev
     deadline=$((SECONDS + BOUND))
     for user in "$@"; do
         uid=$(id -u "$user")
-        while [ -e "/home/$user/.config/oidc-agent/$ACCOUNT" ] || [ -e "/run/oidc-tokens/$uid/bt_u$uid" ]; do
+        while [ -e "/home/$user/.config/oidc-agent/$ACCOUNT" ] || [ -e "/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT" ]; do
             [ "$SECONDS" -lt "$deadline" ] || die "the tokens of $user outlived Slurm job $id by more than $BOUND s"
             sleep 0.2
         done
@@ -355,8 +356,8 @@ grep -Eq 'worker[123] +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$WORK/t
 echo "ok: job_teardown.yml afterwards changes nothing"
 stop_slurm
 
-# Steps 4, 5 and 7 check the role's input, its units, the runtime directory and cron, where a second
-# provider adds nothing: they run in the node-oidc-provider pass of scripts/test integration only.
+# Steps 4, 5, 7 and 8 check the role's input, its units, the runtime directory, cron and two jobs of a
+# user, where a second provider adds nothing: they run in the node-oidc-provider pass only.
 if [ "$KIND" = node-oidc-provider ]; then
     # --- 4. bad input --------------------------------------------------------------------------------------
     say "4. bad input is refused with messages that name the variable"
@@ -395,10 +396,10 @@ if [ "$KIND" = node-oidc-provider ]; then
     fi
     ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker2 >"$WORK/start-runtime.log" 2>&1 ||
         { cat "$WORK/start-runtime.log"; die "job_start.yml failed"; }
-    [ -s "$runtime/bt_u$uid" ] || die "the bearer-token file is not in the runtime directory $runtime"
-    [ ! -e "/run/oidc-tokens/$uid/bt_u$uid" ] || die "a bearer-token file is in /run/oidc-tokens as well"
-    [ "$(stat -c %a:%U "$runtime/bt_u$uid")" = 600:oidcjob2 ] || die "the bearer-token file is not 0600 of oidcjob2"
-    echo "ok: the token is in \$XDG_RUNTIME_DIR/bt_u$uid, the WLCG discovery place"
+    [ -s "$runtime/bt_u$uid-$ACCOUNT" ] || die "the bearer-token file is not in the runtime directory $runtime"
+    [ ! -e "/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT" ] || die "a bearer-token file is in /run/oidc-tokens as well"
+    [ "$(stat -c %a:%U "$runtime/bt_u$uid-$ACCOUNT")" = 600:oidcjob2 ] || die "the bearer-token file is not 0600 of oidcjob2"
+    echo "ok: the token is in the runtime directory: \$XDG_RUNTIME_DIR/bt_u$uid-$ACCOUNT"
     refresher_pid() { pgrep -u oidcjob2 -f "oidc-tokens-refresher.* $ACCOUNT\$" | head -1; }
     old=$(refresher_pid)
     [ -n "$old" ] || die "no refresher runs for oidcjob2"
@@ -409,14 +410,47 @@ if [ "$KIND" = node-oidc-provider ]; then
         [ $((SECONDS - died)) -lt 75 ] || die "cron did not restart the refresher within 75 s"
         sleep 1
     done
-    rm -f "$runtime/bt_u$uid"    # the restarted loop must write it again
-    for _ in $(seq 1 30); do [ -s "$runtime/bt_u$uid" ] && break; sleep 0.5; done
-    [ -s "$runtime/bt_u$uid" ] || die "the restarted refresher did not write the bearer-token file"
+    rm -f "$runtime/bt_u$uid-$ACCOUNT"    # the restarted loop must write it again
+    for _ in $(seq 1 30); do [ -s "$runtime/bt_u$uid-$ACCOUNT" ] && break; sleep 0.5; done
+    [ -s "$runtime/bt_u$uid-$ACCOUNT" ] || die "the restarted refresher did not write the bearer-token file"
     echo "ok: cron restarted the refresher $((SECONDS - died)) s after it died (pid $new), and it serves the token again"
     ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker2 >/dev/null
     [ -z "$(ls -A "$runtime")" ] || die "teardown left $(ls -A "$runtime") in $runtime"
     echo "ok: teardown left the runtime directory empty"
+
+    # --- 8. two jobs of one user -----------------------------------------------------------------------
+    say "8. two jobs of one job user: each its own bearer-token file; taking the other's file is refused"
+    uid=$(id -u oidcjob3)
+    start_as() {  # account, more arguments: job_start.yml on worker3
+        local account=$1
+        shift
+        ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker3 -e job_tokens_account="$account" "$@"
+    }
+    start_as "$ACCOUNT" >"$WORK/two-1.log" 2>&1 || { cat "$WORK/two-1.log"; die "job_start.yml of $ACCOUNT failed"; }
+    start_as job2 >"$WORK/two-2.log" 2>&1 || { cat "$WORK/two-2.log"; die "job_start.yml of job2 failed"; }
+    first=/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT
+    second=/run/oidc-tokens/$uid/bt_u$uid-job2
+    if [ ! -s "$first" ] || [ ! -s "$second" ]; then
+        die "the two jobs have no token files of their own ($first, $second)"
+    fi
+    ! cmp -s "$first" "$second" || die "the two jobs' token files hold the same token"
+    [ "$(pgrep -u oidcjob3 -f 'oidc-tokens-refresher.* (job1|job2)$' | wc -l)" -ge 2 ] || die "not two refreshers"
+    if start_as job3 -e job_tokens_token_file="$first" >"$WORK/two-3.log" 2>&1; then
+        cat "$WORK/two-3.log"
+        die "a third job was given the first job's token file"
+    fi
+    grep -q "$first is the bearer-token file of account $ACCOUNT of oidcjob3 already" "$WORK/two-3.log" ||
+        { cat "$WORK/two-3.log"; die "the shared token file was refused without saying why"; }
+    if [ -e "/home/oidcjob3/.config/oidc-agent/job3" ] || [ -e "/run/oidc-tokens/$uid/job3.password" ]; then
+        die "the refused start left an account or a password of job3"
+    fi
+    echo "ok: $first and $second, one per job; a third job naming the first one's file is refused and leaves nothing"
+    ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker3 >/dev/null
+    ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker3 -e job_tokens_account=job2 >/dev/null
+    if [ -e "$first" ] || [ -e "$second" ]; then
+        die "teardown left a token file"
+    fi
 else
-    say "4., 5. and 7. (argument checks, systemd units, runtime directory and cron) run in the node-oidc-provider pass"
+    say "4., 5., 7. and 8. (argument checks, systemd units, runtime directory and cron, two jobs) run in the node-oidc-provider pass"
 fi
 say "all passed"

@@ -29,7 +29,7 @@ def job_user(tmp_path, uid=4242):
 def test_paths_of_a_user_without_runtime_directory(tmp_path):
     paths = host.job_paths(job_user(tmp_path), 'job1', '/opt/oidc-tokens', '/run/oidc-tokens')
     home = str(tmp_path / 'home')
-    assert paths['token_file'] == '/run/oidc-tokens/4242/bt_u4242'
+    assert paths['token_file'] == '/run/oidc-tokens/4242/bt_u4242-job1'
     assert paths['password_file'] == '/run/oidc-tokens/4242/job1.password' and paths['password_file_managed']
     assert paths['config_dir'] == home + '/.config/oidc-agent'
     assert paths['refresher_config'] == home + '/.config/oidc-tokens/refresher/job1.json'
@@ -181,3 +181,18 @@ def test_an_account_that_follows_a_job_is_not_taken_over_by_another():
         host.refuse_another_job('job1', {'job': slurm}, {'kind': 'slurm', 'id': '43'})
     with pytest.raises(host.RefresherSetupError, match='names no job'):
         host.refuse_another_job('job1', {'job': slurm}, None)
+
+
+def test_the_token_file_of_another_account_of_the_user_is_found(tmp_path):
+    from ansible_collections.oidc.tokens.plugins.module_utils import _refresher
+    directory = tmp_path / 'refresher'
+    directory.mkdir(mode=0o700)
+    for name, token_file in (('job1', '/run/u/bt_u1-job1'), ('job2', '/run/u/shared'), ('job3', '/run/u/shared')):
+        path = directory / ('%s.json' % name)
+        path.write_text(json.dumps({'token_file': token_file}))
+        path.chmod(0o600)
+    assert _refresher.token_file_holders(str(directory), '/run/u/shared', 'job3') == ['job2']
+    assert _refresher.token_file_holders(str(directory), '/run/u/bt_u1-job1', 'job1') == []   # its own
+    assert _refresher.token_file_holders(str(tmp_path / 'none'), '/run/u/shared', 'job4') == []
+    paths = host.job_paths(job_user(tmp_path), 'job2', '/p', '/r')
+    assert paths['token_file'] == '/r/4242/bt_u4242-job2'    # two accounts, two files by default
