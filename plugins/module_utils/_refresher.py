@@ -914,7 +914,8 @@ def cmd_check(config, args):
     return EXIT_FAILED
 
 
-def cmd_status(config, args):
+def status(config):
+    """What the refresher of ``config`` knows, never a token: whether its loop runs, the token file, the state."""
     state = read_state(config)
     valid_for, token, unsafe = token_file_report(config)
     out = {
@@ -931,11 +932,16 @@ def cmd_status(config, args):
         'refresh_token_expires_at': state.get('refresh_token_expires_at'),
         'last_error': state.get('last_error'),
         'log_file': config['log_file'],
+        'lifetime_end': config.get('lifetime_end'),
         'job': config.get('job'),
     }
     if config.get('job'):
         out['job_state'], out['job_detail'] = _jobs.job_state(config['job'])
-    say(json.dumps(out, indent=1, sort_keys=True))
+    return out
+
+
+def cmd_status(config, args):
+    say(json.dumps(status(config), indent=1, sort_keys=True))
     return EXIT_OK
 
 

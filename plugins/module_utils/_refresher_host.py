@@ -95,6 +95,14 @@ def unit_name(user, name):
                             hashlib.sha1(name.encode('utf-8')).hexdigest()[:8])
 
 
+def tokens_dir_of(user):
+    return os.path.join(user.home, '.config', 'oidc-tokens')
+
+
+def refresher_config_path(user, name):
+    return os.path.join(tokens_dir_of(user), 'refresher', '%s.json' % validate_name(name))
+
+
 def job_paths(user, name, prefix, run_dir, config_dir=None, token_file=None, token_file_in_tmp=False,
               password_file=None, password_command=None, password_given=False):
     """Every path of the account's refresher on this host, from the options and the job user's entry.
@@ -119,7 +127,7 @@ def job_paths(user, name, prefix, run_dir, config_dir=None, token_file=None, tok
     except OSError:
         has_runtime_dir = False
     token_dir = '/tmp' if token_file_in_tmp else (runtime_dir if has_runtime_dir else private_dir)
-    tokens_dir = os.path.join(user.home, '.config', 'oidc-tokens')
+    tokens_dir = tokens_dir_of(user)
     # The module writes the password file unless the user keeps their own (a file without a password, a command).
     managed = not password_command and (password_given or not password_file)
     return {
@@ -127,7 +135,7 @@ def job_paths(user, name, prefix, run_dir, config_dir=None, token_file=None, tok
         'config_dir': config_dir or os.path.join(user.home, '.config', 'oidc-agent'),
         'tokens_dir': tokens_dir,
         'refresher_dir': os.path.join(tokens_dir, 'refresher'),
-        'refresher_config': os.path.join(tokens_dir, 'refresher', '%s.json' % name),
+        'refresher_config': refresher_config_path(user, name),
         'state_dir': os.path.join(user.home, '.local', 'state', 'oidc-tokens'),
         'run_dir': run_dir,
         'private_dir': private_dir,
@@ -563,6 +571,26 @@ def wait_as_user(paths, wanted, timeout):
     valid_for, _token, _unsafe = _refresher.token_file_report(config)
     return ready, text, {'pid': _refresher.running_pid(config),
                          'valid_for': None if valid_for is None else int(valid_for)}
+
+
+def status_as_user(paths):
+    """The refresher's own status (_refresher.status) and whether the account exists, or None without a configuration."""
+
+    data = _refresher.read_config(paths['refresher_config'])
+    if data is None:
+        return None
+    config = _refresher.make_config(paths['name'], paths['refresher_config'], data)
+    result = _refresher.status(config)
+    result['account_exists'] = os.path.exists(os.path.join(config['config_dir'], paths['name']))
+    return result
+
+
+def status(options):
+    """What oidc_refresher_info reports of the account's refresher on this host (read-only)."""
+    user = JobUser.find(options['user'])
+    paths = {'name': options['name'], 'refresher_config': refresher_config_path(user, options['name'])}
+    found = run_as(user, status_as_user, paths)
+    return {'changed': False, 'exists': found is not None, 'refresher': found or {}}
 
 
 def teardown_as_user(paths, fallback, overrides, force, keep_logs, password, check):

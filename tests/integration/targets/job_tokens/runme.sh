@@ -17,7 +17,9 @@
 #   7. a job user with a runtime directory (/run/user/UID, made here as logind would) gets the token
 #      there, and a cron daemon (started here if none runs) restarts a refresher that was killed;
 #   8. two jobs of one job user: a bearer-token file each; a third naming another's file is refused;
-#   (4, 5, 7 and 8 need no second provider: only in the node-oidc-provider pass).
+#   9. the controller's record: start writes it (0600, no secret), job_status.yml lists the running jobs
+#      and job_teardown.yml tears them down from it, both with an inventory that knows no worker;
+#   (4, 5, 7, 8 and 9 need no second provider: only in the node-oidc-provider pass).
 # Needs root (it creates the users oidcjob1..3 and removes them at the end), useradd, su, crontab,
 # setfacl, munged and slurmctld (scripts/setup installs cron, acl, munge and slurm-wlm), and Python 3
 # with requests, PyNaCl and cryptography for the job users (scripts/setup installs python3-requests,
@@ -155,6 +157,7 @@ all:
         job_tokens_min_valid_period: 1
         job_tokens_ca_path: $CA
         job_tokens_start_timeout: 30
+        job_tokens_record_path: $WORK/record/jobs.json
         job_command: >-
           python3 $WORK/bearer_token_probe.py --check introspect --duration $DURATION --interval 1
           --introspection-url $INTROSPECTION_URL --client-id plain-client --ca $CA
@@ -232,7 +235,8 @@ left_of_worker1() {  # what start leaves on worker1 (the job user oidcjob1)
 }
 ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1 --check --diff >"$WORK/check-start.log" 2>&1 ||
     { cat "$WORK/check-start.log"; die "job_start.yml --check failed"; }
-grep -Eq 'worker1 +: ok=[0-9]+ +changed=1 ' "$WORK/check-start.log" ||
+# Two changes: the exchange and refresher on the worker, and the controller's record of the job.
+grep -Eq 'worker1 +: ok=[0-9]+ +changed=2 ' "$WORK/check-start.log" ||
     { cat "$WORK/check-start.log"; die "start in check mode did not report the exchange and refresher it would make"; }
 grep -q '"token_file": "/run/oidc-tokens/' "$WORK/check-start.log" ||
     { cat "$WORK/check-start.log"; die "start in check mode showed no diff of the refresher configuration"; }
@@ -242,7 +246,7 @@ ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit wor
 revoked_before=$(stat_of revocation)
 ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker1 --check >"$WORK/check-teardown.log" 2>&1 ||
     { cat "$WORK/check-teardown.log"; die "job_teardown.yml --check failed"; }
-grep -Eq 'worker1 +: ok=[0-9]+ +changed=1 ' "$WORK/check-teardown.log" ||
+grep -Eq 'worker1 +: ok=[0-9]+ +changed=2 ' "$WORK/check-teardown.log" ||
     { cat "$WORK/check-teardown.log"; die "teardown in check mode did not report what it would remove"; }
 [ "$(left_of_worker1 | wc -w)" -eq 5 ] || die "teardown in check mode removed something: only $(left_of_worker1) is left"
 [ "$(stat_of revocation)" -eq "$revoked_before" ] || die "teardown in check mode revoked"
@@ -351,13 +355,14 @@ helper "$TARGET_DIR/check_job.py" --no-job --no-counts "$WORK/provider.json" /de
     "$WORK/results" "$DURATION" "$ACCOUNT" "${USERS[@]}"
 ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" >"$WORK/teardown-after-slurm.log" 2>&1 ||
     { cat "$WORK/teardown-after-slurm.log"; die "job_teardown.yml failed after the tokens ended with the job"; }
-grep -Eq 'worker[123] +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$WORK/teardown-after-slurm.log" ||
+# Nothing on the workers (only the controller's record, which still listed them, changes).
+[ "$(grep -A4 'TASK \[oidc.tokens.job_tokens : Stop the refresher' "$WORK/teardown-after-slurm.log" | grep -c '^ok: \[worker')" -eq 3 ] ||
     { cat "$WORK/teardown-after-slurm.log"; die "job_teardown.yml after the tokens ended with the job changed something"; }
-echo "ok: job_teardown.yml afterwards changes nothing"
+echo "ok: job_teardown.yml afterwards changes nothing on the workers"
 stop_slurm
 
-# Steps 4, 5, 7 and 8 check the role's input, its units, the runtime directory, cron and two jobs of a
-# user, where a second provider adds nothing: they run in the node-oidc-provider pass only.
+# Steps 4, 5, 7, 8 and 9 check the role's input, its units, the runtime directory, cron, two jobs of a
+# user and the record, where a second provider adds nothing: they run in the node-oidc-provider pass only.
 if [ "$KIND" = node-oidc-provider ]; then
     # --- 4. bad input --------------------------------------------------------------------------------------
     say "4. bad input is refused with messages that name the variable"
@@ -417,6 +422,8 @@ if [ "$KIND" = node-oidc-provider ]; then
     ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker2 >/dev/null
     [ -z "$(ls -A "$runtime")" ] || die "teardown left $(ls -A "$runtime") in $runtime"
     echo "ok: teardown left the runtime directory empty"
+    rmdir "$runtime"
+    RUNTIME_DIR=
 
     # --- 8. two jobs of one user -----------------------------------------------------------------------
     say "8. two jobs of one job user: each its own bearer-token file; taking the other's file is refused"
@@ -450,7 +457,49 @@ if [ "$KIND" = node-oidc-provider ]; then
     if [ -e "$first" ] || [ -e "$second" ]; then
         die "teardown left a token file"
     fi
+
+    # --- 9. the controller's record: status and teardown without the inventory -------------------------------
+    say "9. start records the workers on the controller; job_status.yml lists them; job_teardown.yml tears down from the record alone"
+    record=$WORK/record/jobs.json
+    ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1,worker2 >"$WORK/start-record.log" 2>&1 ||
+        { cat "$WORK/start-record.log"; die "job_start.yml failed"; }
+    [ "$(stat -c %a "$record"):$(stat -c %a "$(dirname "$record")")" = 600:700 ] || die "the record is not 0600 in a 0700 directory"
+    ! grep -qF "$JOB_TOKENS_TEST_CLIENT_SECRET" "$record" || die "the record holds the client secret"
+    "$PY" - "$record" "$ISSUER" <<'EOF' || die "the record does not say what start set up"
+import json, sys
+jobs = json.load(open(sys.argv[1]))['jobs']
+assert sorted(jobs) == ['job1@worker1', 'job1@worker2'], sorted(jobs)
+for worker, user in (('worker1', 'oidcjob1'), ('worker2', 'oidcjob2')):
+    entry = jobs['job1@' + worker]
+    uid = __import__('pwd').getpwnam(user).pw_uid
+    assert entry['job_user'] == user and entry['issuer'] == sys.argv[2] and entry['client_id'] == 'oidc-tokens-exchanger'
+    assert entry['token_file'] == '/run/oidc-tokens/%d/bt_u%d-job1' % (uid, uid) and entry['lifetime_end'] > 0
+    assert entry['connection']['ansible_connection'] == 'local' and entry['connection']['ansible_become_method'] == 'su'
+print('ok: the record names both workers, their job users, issuer, client, token files and lifetime ends')
+EOF
+    # An inventory that knows none of the workers: what reaches them comes from the record.
+    printf 'localhost ansible_connection=local ansible_python_interpreter=%s\n' "$PY" >"$WORK/bare-inventory.ini"
+    ansible-playbook -i "$WORK/bare-inventory.ini" "$PLAYBOOKS/job_status.yml" -e job_tokens_record_path="$record" \
+        >"$WORK/status.log" 2>&1 || { cat "$WORK/status.log"; die "job_status.yml failed"; }
+    for worker in worker1 worker2; do
+        grep -A12 "ok: \[$worker\] => {" "$WORK/status.log" | grep -q '"state": "running"' ||
+            { cat "$WORK/status.log"; die "job_status.yml does not show the job running on $worker"; }
+    done
+    grep -q '"token_valid_for": [0-9]' "$WORK/status.log" || { cat "$WORK/status.log"; die "job_status.yml shows no validity"; }
+    sed -n '/^ok: \[worker[12]\] => {/,/^}/p' "$WORK/status.log"
+    echo "ok: job_status.yml, with an inventory that knows no worker, shows the job running on worker1 and worker2"
+    revoked_before=$(stat_of revocation)
+    ansible-playbook -i "$WORK/bare-inventory.ini" "$PLAYBOOKS/job_teardown.yml" -e job_from_record=true \
+        -e job_tokens_record_path="$record" >"$WORK/teardown-record.log" 2>&1 ||
+        { cat "$WORK/teardown-record.log"; die "job_teardown.yml from the record failed"; }
+    [ "$(stat_of revocation)" -eq $((revoked_before + 2)) ] || die "teardown from the record did not revoke both refresh tokens"
+    for user in oidcjob1 oidcjob2; do
+        [ ! -e "/home/$user/.config/oidc-agent/$ACCOUNT" ] || die "teardown from the record left $user's account"
+    done
+    "$PY" -c 'import json, sys; assert json.load(open(sys.argv[1]))["jobs"] == {}' "$record" ||
+        die "the record still lists the workers torn down"
+    echo "ok: job_teardown.yml from the record alone revoked both refresh tokens, removed the accounts and emptied the record"
 else
-    say "4., 5., 7. and 8. (argument checks, systemd units, runtime directory and cron, two jobs) run in the node-oidc-provider pass"
+    say "4., 5., 7., 8. and 9. (argument checks, units, runtime directory and cron, two jobs, the record) run in the node-oidc-provider pass"
 fi
 say "all passed"
