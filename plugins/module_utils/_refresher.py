@@ -148,7 +148,10 @@ def load_config(name, path=None):
 
 
 def token_file_holders(directory, token_file, name):
-    """The accounts other than ``name`` whose refresher configuration in ``directory`` names ``token_file``."""
+    """The accounts other than ``name`` whose refresher configuration in ``directory`` names ``token_file``.
+
+    A configuration whose account is gone (its tokens ended) holds the file no more.
+    """
     try:
         entries = sorted(os.listdir(directory))
     except OSError:
@@ -161,8 +164,10 @@ def token_file_holders(directory, token_file, name):
             data = read_config(os.path.join(directory, entry))
         except ConfigError:
             continue
-        if isinstance(data, dict) and data.get('token_file') == token_file:
-            holders.append(entry[:-len('.json')])
+        other = entry[:-len('.json')]
+        if isinstance(data, dict) and data.get('token_file') == token_file and \
+                os.path.exists(os.path.join(data.get('config_dir') or '', other)):
+            holders.append(other)
     return holders
 
 

@@ -653,14 +653,34 @@ def present(options, check, refuse=None):
     return user, paths, result
 
 
-def refuse_conflicts(user, paths, job):
-    """Refuse a start that would take over another job's tokens or bearer-token file (as the job user, who owns them)."""
-    refuse_another_job(paths['name'], run_as(user, _refresher.read_config, paths['refresher_config']), job)
-    holders = run_as(user, _refresher.token_file_holders, paths['refresher_dir'], paths['token_file'], paths['name'])
+class JobConflictError(RefresherSetupError):
+    """The start would take over the tokens or the bearer-token file of another job: nothing was changed."""
+
+
+def conflict_view_as_user(paths):
+    """The account's refresher configuration, whether its account exists, and the other accounts writing its token file."""
+    return {'config': _refresher.read_config(paths['refresher_config']),
+            'account': os.path.exists(os.path.join(paths['config_dir'], paths['name'])),
+            'holders': _refresher.token_file_holders(paths['refresher_dir'], paths['token_file'], paths['name'])}
+
+
+def refuse_conflicts(user, paths, job, exclusive=False):
+    """Refuse a start that would take over another job's tokens or bearer-token file (as the job user, who owns them).
+
+    ``exclusive``: this start begins a new job, so any refresher of the account belongs to another one.
+    """
+    view = run_as(user, conflict_view_as_user, paths)
+    before = view['config'] if view['account'] else None    # a configuration left without its account holds nothing
+    if exclusive and before is not None:
+        raise JobConflictError('Account %r of %s has a refresher already: a job of that name runs, or was never torn '
+                               'down. Give the new job an account name of its own, or tear the other one down first.'
+                               % (paths['name'], user.name))
+    refuse_another_job(paths['name'], before, job)
+    holders = view['holders']
     if holders:
-        raise RefresherSetupError('%s is the bearer-token file of account %s of %s already: two jobs would overwrite '
-                                  'each other\'s tokens. Name another token_file, or leave it to the default (each '
-                                  'account its own).' % (paths['token_file'], ', '.join(holders), user.name))
+        raise JobConflictError('%s is the bearer-token file of account %s of %s already: two jobs would overwrite '
+                               'each other\'s tokens. Name another token_file, or leave it to the default (each '
+                               'account its own).' % (paths['token_file'], ', '.join(holders), user.name))
 
 
 def refuse_another_job(name, before, job):
@@ -674,11 +694,11 @@ def refuse_another_job(name, before, job):
     followed = (before or {}).get('job')
     if not followed or (job and (job['kind'], job['id']) == (followed.get('kind'), followed.get('id'))):
         return
-    raise RefresherSetupError('Account %r already holds the tokens of %s%s. Give the new job an account name of its '
-                              'own; the tokens of that job end with it (or with state absent).' % (
-                                  name, _jobs.job_label(followed),
-                                  ', while this task names %s' % _jobs.job_label(job) if job else
-                                  ', and this task names no job (it would untie them from it)'))
+    raise JobConflictError('Account %r already holds the tokens of %s%s. Give the new job an account name of its '
+                           'own; the tokens of that job end with it (or with state absent).' % (
+                               name, _jobs.job_label(followed),
+                               ', while this task names %s' % _jobs.job_label(job) if job else
+                               ', and this task names no job (it would untie them from it)'))
 
 
 def started(options, check):
@@ -687,7 +707,8 @@ def started(options, check):
     job = options.get('job')
     if job:     # checked before anything is done; a process's start time is read now
         job = _jobs.describe_job(job['kind'], job['id'], job.get('slurm_conf'), job.get('scope'))
-    user, paths, result = present(options, check, refuse=lambda user, paths: refuse_conflicts(user, paths, job))
+    user, paths, result = present(options, check,
+                                  refuse=lambda user, paths: refuse_conflicts(user, paths, job, options['exclusive']))
     scheduler = result['scheduler']
     lifetime_end = options['lifetime_end']
     if options['subject_token']:

@@ -190,6 +190,13 @@ options:
         type: str
         choices: [system, user]
         default: system
+  exclusive:
+    description:
+      - This start begins a new job. Fail, and change nothing, when the account has a refresher already (a job of
+        that name runs, or was never torn down), instead of keeping it as a start of the same job again would. The
+        failure has RV(conflict=true).
+    type: bool
+    default: false
   job_poll:
     description:
       - Seconds between two looks at O(job). A refresh token outlives its job by at most this, plus the revocation.
@@ -314,6 +321,12 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+conflict:
+  description: The start was refused because it would take over another job's tokens or bearer-token file (see
+    O(job), O(exclusive) and O(token_file)); nothing was changed.
+  returned: failed for that reason
+  type: bool
+  sample: true
 exchanged:
   description: Whether O(subject_token) was exchanged (false when a usable account was kept).
   returned: state is started and subject_token is given
@@ -404,6 +417,8 @@ def run(module):
         result = STATES[params['state']](params, module.check_mode)
     except _refresher_host.MissingLibrariesError as exc:
         module.fail_json(msg=str(exc), missing_libraries=exc.missing, python=exc.python)
+    except _refresher_host.JobConflictError as exc:
+        module.fail_json(msg=str(exc), conflict=True)
     if params['state'] == 'absent':
         if result.get('error'):
             module.fail_json(msg='The refresh token of account %r was not revoked: %s. The schedule, the refresher and '
@@ -449,6 +464,7 @@ def main():
                 scope=dict(type='str', default='system', choices=['system', 'user']),
             )),
             job_poll=dict(type='int', default=30),
+            exclusive=dict(type='bool', default=False),
             scheduler=dict(type='str', default='auto', choices=['auto', 'systemd', 'cron', 'none']),
             start_timeout=dict(type='int', default=60),
             prefix=dict(type='str', default='/opt/oidc-tokens'),

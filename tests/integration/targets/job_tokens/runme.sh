@@ -6,8 +6,9 @@
 #   1. a job of 18 s (4.5 access-token lifetimes) that uses its bearer-token file every second and
 #      has the provider introspect it, as a resource server would: never an invalid token;
 #      after the teardown every refresh token introspects inactive and nothing is left;
-#   2. start twice (one exchange: the second keeps the account), then a failing job: the play fails,
-#      and the teardown in `always` still revokes and cleans up;
+#   2. start twice (one exchange: the second keeps the account); job_run.yml under the name of that
+#      running job is refused and leaves it alone; a failing job: the play fails, and the teardown in
+#      `always` still revokes and cleans up;
 #   3. teardown again, and teardown of a job that never started: both succeed;
 #   4. the role's argument specs and checks refuse bad input with messages that name the variable;
 #   5. the systemd units the role writes pass `systemd-analyze verify`
@@ -181,8 +182,8 @@ provider counts --state-dir "$PROVIDER_STATE" >"$WORK/counts.json"
 helper "$TARGET_DIR/check_job.py" "$WORK/provider.json" "$WORK/counts.json" "$WORK/tokens.json" "$WORK/results" "$DURATION" "$ACCOUNT" \
     "${USERS[@]}"
 
-# --- 2. start twice, then a failing job: it still revokes ----------------------------------------------
-say "2. job_start.yml on worker1, then a failing job_run.yml there: the second start keeps the account, the teardown in always revokes"
+# --- 2. start twice; a job_run.yml under the running job's name; a failing job: it still revokes -------
+say "2. job_start.yml twice on worker1 (one exchange); job_run.yml under that running job's name is refused and leaves it alone; a failing job_run.yml still revokes"
 stat_of() {  # exchange or revocation: how many succeeded since the provider started
     provider counts --state-dir "$PROVIDER_STATE" | "$PY" -c 'import json, sys
 counts = json.load(sys.stdin)
@@ -190,8 +191,34 @@ print(counts["requests"][sys.argv[1]] - counts["failed"][sys.argv[1]])' "$1"
 }
 revoked_before=$(stat_of revocation)
 exchanged_before=$(stat_of exchange)
-ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1 >"$WORK/start.log" 2>&1 ||
-    { cat "$WORK/start.log"; die "job_start.yml failed"; }
+uid=$(id -u oidcjob1)
+for run in 1 2; do
+    ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_start.yml" --limit worker1 >"$WORK/start-$run.log" 2>&1 ||
+        { cat "$WORK/start-$run.log"; die "job_start.yml failed"; }
+done
+# ok, not changed: the account kept, the refresher program byte-identical, its files and schedule as they were.
+grep -A1 'TASK \[oidc.tokens.job_tokens : Exchange the subject token' "$WORK/start-2.log" | grep -q '^ok: \[worker1\]' ||
+    { cat "$WORK/start-2.log"; die "the second start did not keep the account, or changed the refresher"; }
+[ "$(stat_of exchange)" -eq $((exchanged_before + 1)) ] || die "two starts exchanged twice"
+token_before=$(cat "/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT")
+if ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_run.yml" --limit worker1 -e job_command=true \
+        >"$WORK/duplicate.log" 2>&1; then
+    cat "$WORK/duplicate.log"
+    die "job_run.yml started a job under the name of a running one"
+fi
+grep -q "Account .$ACCOUNT. of oidcjob1 has a refresher already" "$WORK/duplicate.log" ||
+    { cat "$WORK/duplicate.log"; die "the second job was refused without saying why"; }
+if grep -q 'TASK \[oidc.tokens.job_tokens : Stop the refresher' "$WORK/duplicate.log"; then
+    cat "$WORK/duplicate.log"
+    die "the refused job_run.yml tore down the running job's tokens"
+fi
+[ -e "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" ] || die "the running job lost its account"
+[ "$(stat_of revocation)" -eq "$revoked_before" ] || die "the refused job_run.yml revoked the running job's refresh token"
+[ -s "/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT" ] || die "the running job lost its token file"
+[ "$(stat_of exchange)" -eq $((exchanged_before + 1)) ] || die "the refused job_run.yml exchanged"
+echo "ok: job_run.yml under the running job's name is refused; the running job keeps its account and token (was ${#token_before} bytes)"
+ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_teardown.yml" --limit worker1 >/dev/null
+[ "$(stat_of revocation)" -eq $((revoked_before + 1)) ] || die "teardown did not revoke"
 # shellcheck disable=SC2016 # $BEARER_TOKEN_FILE is the job's, expanded on the worker
 if ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_run.yml" --limit worker1 \
         -e '{"job_command": "test -s \"$BEARER_TOKEN_FILE\" && exit 3"}' >"$WORK/failing.log" 2>&1; then
@@ -199,13 +226,9 @@ if ansible-playbook -i "$WORK/inventory.yml" "$PLAYBOOKS/job_run.yml" --limit wo
     die "job_run.yml succeeded although the job failed"
 fi
 grep -q '"rc": 3' "$WORK/failing.log" || { cat "$WORK/failing.log"; die "the job did not run with its token"; }
-# ok, not changed: the account kept, the refresher program byte-identical, its files and schedule as they were.
-grep -A1 'TASK \[oidc.tokens.job_tokens : Exchange the subject token' "$WORK/failing.log" | grep -q '^ok: \[worker1\]' ||
-    { cat "$WORK/failing.log"; die "the second start did not keep the account, or changed the refresher"; }
-[ "$(stat_of exchange)" -eq $((exchanged_before + 1)) ] || die "two starts exchanged twice"
-[ "$(stat_of revocation)" -eq $((revoked_before + 1)) ] ||
+[ "$(stat_of exchange)" -eq $((exchanged_before + 2)) ] || die "the failing job did not exchange once"
+[ "$(stat_of revocation)" -eq $((revoked_before + 2)) ] ||
     { cat "$WORK/failing.log"; die "the failing job's refresh token was not revoked"; }
-uid=$(id -u oidcjob1)
 for path in "/home/oidcjob1/.config/oidc-agent/$ACCOUNT" "/run/oidc-tokens/$uid/bt_u$uid-$ACCOUNT" "/run/oidc-tokens/$uid/$ACCOUNT.password" \
     "/home/oidcjob1/.config/oidc-tokens/refresher/$ACCOUNT.json"; do
     [ ! -e "$path" ] || die "$path is left after the failing job"

@@ -187,12 +187,37 @@ def test_the_token_file_of_another_account_of_the_user_is_found(tmp_path):
     from ansible_collections.oidc.tokens.plugins.module_utils import _refresher
     directory = tmp_path / 'refresher'
     directory.mkdir(mode=0o700)
-    for name, token_file in (('job1', '/run/u/bt_u1-job1'), ('job2', '/run/u/shared'), ('job3', '/run/u/shared')):
+    accounts = tmp_path / 'oidc-agent'
+    accounts.mkdir()
+    for name, token_file in (('job1', '/run/u/bt_u1-job1'), ('job2', '/run/u/shared'), ('job3', '/run/u/shared'),
+                             ('ended', '/run/u/shared')):
         path = directory / ('%s.json' % name)
-        path.write_text(json.dumps({'token_file': token_file}))
+        path.write_text(json.dumps({'token_file': token_file, 'config_dir': str(accounts)}))
         path.chmod(0o600)
+        if name != 'ended':      # its tokens ended with its job: the account is gone, the configuration left
+            (accounts / name).write_text('account')
     assert _refresher.token_file_holders(str(directory), '/run/u/shared', 'job3') == ['job2']
     assert _refresher.token_file_holders(str(directory), '/run/u/bt_u1-job1', 'job1') == []   # its own
     assert _refresher.token_file_holders(str(tmp_path / 'none'), '/run/u/shared', 'job4') == []
     paths = host.job_paths(job_user(tmp_path), 'job2', '/p', '/r')
     assert paths['token_file'] == '/r/4242/bt_u4242-job2'    # two accounts, two files by default
+
+
+def test_an_exclusive_start_refuses_an_account_that_has_a_refresher(monkeypatch, tmp_path):
+    user = host.JobUser(pwd.getpwuid(os.geteuid()).pw_name, os.geteuid(), os.getegid(), str(tmp_path), [])
+    paths = host.job_paths(user, 'job1', '/p', '/r')
+    host.refuse_conflicts(user, paths, None, exclusive=True)          # no refresher yet: a new job may start
+    os.makedirs(paths['refresher_dir'], mode=0o700)
+    with open(paths['refresher_config'], 'w', encoding='utf-8') as handle:
+        handle.write('{"token_file": "%s", "config_dir": "%s"}' % (paths['token_file'], paths['config_dir']))
+    os.chmod(paths['refresher_config'], 0o600)
+    host.refuse_conflicts(user, paths, None, exclusive=True)          # a configuration without its account holds nothing
+    os.makedirs(paths['config_dir'])
+    with open(os.path.join(paths['config_dir'], 'job1'), 'w', encoding='utf-8') as handle:
+        handle.write('account')
+    host.refuse_conflicts(user, paths, None)                          # the same job started again
+    with pytest.raises(host.JobConflictError, match="Account 'job1' of .* has a refresher already"):
+        host.refuse_conflicts(user, paths, None, exclusive=True)
+    other = host.job_paths(user, 'job2', '/p', '/r', token_file=paths['token_file'])
+    with pytest.raises(host.JobConflictError, match='is the bearer-token file of account job1'):
+        host.refuse_conflicts(user, other, None)
