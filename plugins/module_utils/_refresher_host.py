@@ -15,6 +15,7 @@ Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -206,6 +207,7 @@ def _import_all():
 
 # --- the program ---------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)     # the same files for the whole run: read them once (run_as imports them all)
 def _module_utils_sources():
     """{file name: bytes} of this package's Python files, from the module's payload zip or from the directory."""
     prefix = PACKAGE.replace('.', '/') + '/'
@@ -237,7 +239,7 @@ def program_bundle():
         parts = PACKAGE.split('.')
         for depth in range(1, len(parts)):
             add(archive, '/'.join(parts[:depth] + ['__init__.py']), b'')
-        sources = _module_utils_sources()
+        sources = dict(_module_utils_sources())
         sources.setdefault('__init__.py', b'')
         for name in sorted(sources):
             add(archive, '/'.join(parts + [name]), sources[name])
@@ -769,9 +771,8 @@ def absent(options, check):
     given = dict((key, paths[key]) for key, option in explicit if options[option])
     if given.get('password_command'):
         given['password_file'] = None
-    provider = dict((key, options[key]) for key in ('ca_path',) if options[key])
-    if provider:
-        given['provider'] = dict(fallback['provider'], **provider)
+    if options['ca_path']:
+        given['provider'] = dict(fallback['provider'], ca_path=options['ca_path'])
     outcome = run_as(user, teardown_as_user, paths, fallback, given, options['force'], options['keep_logs'],
                      options['encryption_password'], check)
     outcome['changed'] = changed or bool(outcome['removed']) or outcome['stopped'] in ('stopped', 'killed', 'running')
