@@ -291,6 +291,7 @@ class LookupModule(LookupBase):
         if unknown:
             raise AnsibleError('The lookup oidc.tokens.oidc_token has no option %s.' % ', '.join(unknown))
         self.set_options(var_options=self._option_vars(variables), direct=kwargs)
+        self._unset_empty_env_options()
         get = self.get_option
 
         query = get('query')
@@ -321,6 +322,26 @@ class LookupModule(LookupBase):
             else:
                 results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
         return results
+
+    def _unset_empty_env_options(self):
+        """An option that an empty environment variable sets counts as not set: ansible.cfg or the default applies.
+
+        Ansible would take the empty value, and for a path (ca_path, config_dir, encryption_password_file) make
+        it the current directory. AWX's credential injectors set every variable they name, empty when the
+        credential leaves the field blank (docs/awx/credential-type.yml: OIDC_TOKENS_CA_PATH without a CA bundle).
+        """
+        for option, origin in list(self._origins.items()):
+            if not (isinstance(origin, str) and origin.startswith('env: ')):
+                continue
+            name = origin[len('env: '):]
+            if os.environ.get(name) != '':
+                continue
+            saved = os.environ.pop(name)
+            try:
+                self._options[option], self._origins[option] = C.config.get_config_value_and_origin(
+                    option, plugin_type='lookup', plugin_name=self._load_name)
+            finally:
+                os.environ[name] = saved
 
     def _option_vars(self, variables):
         """The variables that set options (the vars: entries), templated.
