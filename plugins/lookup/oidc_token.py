@@ -144,6 +144,8 @@ notes:
     environment or C(ansible.cfg).
   - An account's issuer and client are the ones stored in it. An O(issuer) or O(client_id) that names another one
     fails the lookup; the account's refresh token is only ever sent to its own issuer.
+  - An environment variable that is set but empty counts as not set, so C(ansible.cfg) or the default applies (AWX's
+    credential injectors set every variable they name, empty for a field left blank).
 requirements:
   - requests (on a cache miss)
   - PyNaCl (on a cache miss)
@@ -286,12 +288,7 @@ class LookupModule(LookupBase):
     """Options in, one call to the token cache per account, the token (or the query's part of it) out."""
 
     def run(self, terms, variables=None, **kwargs):
-        # set_options drops unknown keywords silently: a typo (min_valid_perod=600) must not fall back to a default.
-        unknown = sorted(set(kwargs) - set(C.config.get_configuration_definitions('lookup', self._load_name) or {}))
-        if unknown:
-            raise AnsibleError('The lookup oidc.tokens.oidc_token has no option %s.' % ', '.join(unknown))
-        self.set_options(var_options=self._option_vars(variables), direct=kwargs)
-        self._unset_empty_env_options()
+        self._set_lookup_options(variables, kwargs)
         get = self.get_option
 
         query = get('query')
@@ -322,6 +319,16 @@ class LookupModule(LookupBase):
             else:
                 results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
         return results
+
+    def _set_lookup_options(self, variables, direct):
+        # set_options drops unknown keywords silently: a typo (min_valid_perod=600) must not fall back to a default.
+        definitions = C.config.get_configuration_definitions('lookup', self._load_name) or {}
+        known = set(definitions).union(*(definition.get('aliases') or () for definition in definitions.values()))
+        unknown = sorted(set(direct) - known)
+        if unknown:
+            raise AnsibleError('The lookup oidc.tokens.oidc_token has no option %s.' % ', '.join(unknown))
+        self.set_options(var_options=self._option_vars(variables), direct=direct)
+        self._unset_empty_env_options()
 
     def _unset_empty_env_options(self):
         """An option that an empty environment variable sets counts as not set: ansible.cfg or the default applies.

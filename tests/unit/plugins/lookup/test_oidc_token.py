@@ -133,7 +133,7 @@ def env(tmp_path, monkeypatch):
 
 def options_of(variables=None, **direct):
     lookup = new_lookup()
-    lookup.set_options(var_options=lookup._option_vars(variables), direct=direct)
+    lookup._set_lookup_options(variables, direct)
     return lookup
 
 
@@ -184,6 +184,21 @@ def test_option_precedence_direct_over_vars_over_env(monkeypatch):
 def test_options_from_the_environment(monkeypatch, option, env_name, value, expected):
     monkeypatch.setenv(env_name, value)
     assert options_of().get_option(option) == expected
+
+
+@pytest.mark.parametrize('option, env_name', [
+    ('config_dir', 'OIDC_CONFIG_DIR'),
+    ('ca_path', 'OIDC_TOKENS_CA_PATH'),
+    ('encryption_password_file', 'OIDC_TOKENS_ENCRYPTION_PASSWORD_FILE'),
+    ('timeout', 'OIDC_TOKENS_TIMEOUT'),
+])
+def test_an_empty_environment_variable_counts_as_not_set(monkeypatch, option, env_name):
+    # AWX's credential injectors set every variable they name, empty for a blank field: Ansible would make an empty
+    # path the current directory (and trust it as a CA bundle).
+    default = options_of().get_option(option)
+    monkeypatch.setenv(env_name, '')
+    assert options_of().get_option(option) == default
+    assert os.environ[env_name] == ''
 
 
 @pytest.mark.parametrize('option, var_name, value', [
