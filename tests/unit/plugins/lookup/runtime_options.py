@@ -22,7 +22,10 @@ def documented_options():
     """What ansible/plugins/loader.py _load_config_defs gets from DOCUMENTATION: the YAML parsed with
     Ansible's loader, the doc fragments added; its ``options``, as plain JSON-able data."""
     import yaml
-    from ansible._internal._yaml._loader import AnsibleLoader
+    try:
+        from ansible._internal._yaml._loader import AnsibleLoader
+    except ImportError:  # ansible-core < 2.19
+        from ansible.parsing.yaml.loader import AnsibleLoader
     from ansible.plugins.loader import fragment_loader
     from ansible.utils.plugin_docs import add_fragments
     from ansible_collections.oidc.tokens.plugins.lookup import oidc_token
