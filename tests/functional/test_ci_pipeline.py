@@ -27,7 +27,6 @@ import sys
 import tempfile
 
 import pytest
-import requests
 import yaml
 
 from ci_issuer import CIIssuer
@@ -324,7 +323,8 @@ def test_the_gitlab_pipeline_stages_ci_credentials_to_the_workers_and_tears_them
         probe = run.probe(user)
         # The job stage found a valid access token in the bearer-token file start made, of the CI identity.
         assert probe['status'] == 200 and probe['userinfo']['sub'] == ci.subject, probe['userinfo']
-        assert probe['token_file'].endswith('-ci-' + probe['token_file'].rsplit('-ci-', 1)[1])
+        uid = pwd.getpwnam(user).pw_uid
+        assert os.path.basename(probe['token_file']).startswith('bt_u%d-ci-' % uid), probe['token_file']
     assert 'job: userinfo answered 200 for subject %s' % ci.subject in run.output
     account = 'ci-' + run.probe(job_users[0])['token_file'].rsplit('-ci-', 1)[1]
     check_torn_down(run, ci_provider, job_users, account)
@@ -366,3 +366,31 @@ def test_a_token_of_an_untrusted_issuer_is_refused_with_a_clear_message_and_leav
         run_dir = '/run/oidc-tokens/%d' % entry.pw_uid
         assert not os.path.isdir(run_dir) or not [name for name in os.listdir(run_dir) if 'ci-' in name], run.output
         assert not os.path.exists(os.path.join(run.results, user, 'probe.json'))
+
+
+# -- the GitHub Actions workflow, checked by actionlint ---------------------------------------------------
+
+ACTIONLINT = os.path.join(CI_DIR, '.bin', 'actionlint')
+
+
+def actionlint(path):
+    if not os.access(ACTIONLINT, os.X_OK):
+        pytest.skip('actionlint is not built: scripts/setup builds it into tests/ci/.bin when Go is installed')
+    return subprocess.run([ACTIONLINT, '-no-color', '-format', '{{json .}}', path], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_the_github_workflow_passes_actionlint(tmp_path):
+    result = actionlint(WORKFLOW)
+    assert result.returncode == 0 and json.loads(result.stdout or '[]') == [], result.stdout + result.stderr
+
+
+def test_actionlint_finds_a_mistake_planted_in_a_copy_of_the_workflow(tmp_path):
+    with open(WORKFLOW, encoding='utf-8') as handle:
+        text = handle.read()
+    assert 'if: always()' in text and 'id-token: write' in text
+    broken = tmp_path / '.github' / 'workflows' / 'job-tokens.yml'
+    broken.parent.mkdir(parents=True)
+    broken.write_text(text.replace('if: always()', 'if: always(github.event)').replace('id-token: write', 'id-token: writ'))
+    findings = json.loads(actionlint(str(broken)).stdout)
+    assert {finding['kind'] for finding in findings} >= {'expression', 'permissions'}, findings
