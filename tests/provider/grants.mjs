@@ -16,6 +16,7 @@ export const GRANT_PASSWORD = 'password';
 export const TT_ACCESS = 'urn:ietf:params:oauth:token-type:access_token';
 export const TT_REFRESH = 'urn:ietf:params:oauth:token-type:refresh_token';
 export const TT_JWT = 'urn:ietf:params:oauth:token-type:jwt';
+export const TT_ID_TOKEN = 'urn:ietf:params:oauth:token-type:id_token';
 
 const { InvalidRequest, InvalidScope, InvalidGrant, InvalidTarget } = errors;
 
@@ -66,6 +67,9 @@ function checkResourceIndicator(value) {
  *   defaultResource: string|undefined (JWT access token mode),
  *   resourceServerInfo(identifier): object,
  *   signingKeys: Map(kid -> public KeyObject), jwtAccessTokens: Map(jti -> {grantId, seen}),
+ *   ciIssuers: Map(issuer -> {keys: Map(kid -> public KeyObject)}) (--trusted-ci-issuer; empty: none),
+ *   ciAudience: string (the audience a CI token must name), ciJtiMaxUses: number (0: no limit),
+ *   ciScopes: Set (what an exchange of a CI token may ask for), ciSubjects: Map(sub -> {issuer, claims}),
  * }
  */
 export function registerGrants(provider, env) {
@@ -135,6 +139,108 @@ export function registerGrants(provider, env) {
     return {
       accountId: payload.sub, scope: payload.scope, clientId: payload.client_id, format: 'jwt',
     };
+  }
+
+  // -- a trusted CI issuer's JWT (GitLab id_tokens, GitHub Actions' OIDC token) as subject token ------
+  //
+  // --trusted-ci-issuer ISSUER=JWKS_PATH: a JWT from that issuer (its own keys, read from the JWKS
+  // file) is accepted as subject token of type ...:jwt or ...:id_token when: RS256/ES256 signature
+  // by a key of that JWKS, iss exactly ISSUER, aud containing --ci-audience, exp in the future,
+  // nbf/iat not in the future, a string sub and jti. The exchanged tokens' subject is the CI token's
+  // sub, unchanged (e.g. project_path:group/proj:ref_type:branch:ref:main); a sub that is also a
+  // local user's is refused, so a CI issuer cannot speak for a person. --ci-jti-max-uses N limits
+  // how often one CI token (its jti) may be exchanged: one exchange per worker needs N >= workers.
+
+  const ciUses = new Map(); // `${iss} ${jti}` -> {uses, exp}
+  const ciSweep = setInterval(() => {
+    const now = epoch();
+    for (const [key, entry] of ciUses) if (entry.exp < now) ciUses.delete(key);
+  }, 30_000);
+  ciSweep.unref();
+
+  function peekIssuer(value) {
+    if (!JWS_SHAPE.test(value)) return undefined;
+    try {
+      const payload = b64urlJson(value.split('.')[1]);
+      return typeof payload.iss === 'string' ? payload.iss : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  const CI_ALGS = { RS256: 'sha256', ES256: 'sha256' };
+
+  function validateCiToken(value, label) {
+    const [h, p, s] = value.split('.');
+    let header;
+    let payload;
+    try {
+      header = b64urlJson(h);
+      payload = b64urlJson(p);
+    } catch {
+      throw new InvalidRequest(`${label} is not a valid JWT (malformed)`);
+    }
+    const trusted = env.ciIssuers.get(payload.iss);
+    if (!trusted) {
+      throw new InvalidRequest(`${label} was not issued by a trusted CI issuer`);
+    }
+    const key = trusted.keys.get(header.kid);
+    if (!CI_ALGS[header.alg] || !key) {
+      throw new InvalidRequest(`${label} is not signed by a key of the CI issuer ${payload.iss} (kid or alg unknown)`);
+    }
+    const options = header.alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key;
+    const ok = crypto.verify(CI_ALGS[header.alg], Buffer.from(`${h}.${p}`), options, Buffer.from(s, 'base64url'));
+    if (!ok) {
+      throw new InvalidRequest(`${label} has an invalid signature`);
+    }
+    const audiences = asList(payload.aud);
+    if (!audiences.includes(env.ciAudience)) {
+      throw new InvalidRequest(`${label}'s audience does not include ${env.ciAudience}`);
+    }
+    const now = epoch();
+    if (typeof payload.exp !== 'number' || payload.exp <= now) {
+      throw new InvalidRequest(`${label} is expired`);
+    }
+    if ((typeof payload.nbf === 'number' && payload.nbf > now) || (typeof payload.iat === 'number' && payload.iat > now + 5)) {
+      throw new InvalidRequest(`${label} is not valid yet`);
+    }
+    if (typeof payload.sub !== 'string' || payload.sub === '') {
+      throw new InvalidRequest(`${label} has no subject`);
+    }
+    if (env.users && Object.values(env.users).some((u) => u.sub === payload.sub)) {
+      throw new InvalidRequest(`${label}'s subject is a local user's; a CI issuer may not speak for a person`);
+    }
+    if (typeof payload.jti !== 'string' || payload.jti === '') {
+      throw new InvalidRequest(`${label} has no jti`);
+    }
+    if (env.ciJtiMaxUses > 0) {
+      const useKey = `${payload.iss} ${payload.jti}`;
+      const entry = ciUses.get(useKey) || { uses: 0, exp: payload.exp };
+      if (entry.uses >= env.ciJtiMaxUses) {
+        throw new InvalidRequest(`${label} was already exchanged ${entry.uses} time(s) (at most ${env.ciJtiMaxUses})`);
+      }
+      entry.uses += 1;
+      ciUses.set(useKey, entry);
+    }
+    env.ciSubjects.set(payload.sub, { issuer: payload.iss, claims: payload });
+    return {
+      accountId: payload.sub, scope: [...env.ciScopes].join(' '), clientId: undefined, format: 'ci', ci: true,
+    };
+  }
+
+  async function validateSubjectToken(value, type, label) {
+    if (env.ciIssuers.size > 0 && (type === TT_ID_TOKEN || type === TT_JWT)) {
+      const iss = peekIssuer(value);
+      if (type === TT_ID_TOKEN || (iss !== undefined && iss !== provider.issuer)) {
+        if (iss === undefined || !env.ciIssuers.has(iss)) {
+          throw new InvalidRequest(
+            `${label}'s issuer ${iss === undefined ? '(none)' : iss} is neither this provider nor a trusted CI issuer`,
+          );
+        }
+        return validateCiToken(value, label);
+      }
+    }
+    return validateAccessToken(value, type, label);
   }
 
   async function validateAccessToken(value, type, label) {
@@ -242,7 +348,7 @@ export function registerGrants(provider, env) {
       throw new InvalidRequest("'actor_token_type' must not be sent without 'actor_token'");
     }
 
-    const subject = await validateAccessToken(subjectToken, subjectTokenType, 'subject_token');
+    const subject = await validateSubjectToken(subjectToken, subjectTokenType, 'subject_token');
     const account = await loadAccount(ctx, subject.accountId, 'subject_token');
     ctx.oidc.entity('Account', account);
 

@@ -46,6 +46,10 @@ try {
       'user-at-ttl': { type: 'string' },
       'exchange-shape': { type: 'string', default: 'common' },
       discovery: { type: 'string', default: 'openid' },
+      'trusted-ci-issuer': { type: 'string', multiple: true, default: [] },
+      'ci-audience': { type: 'string' },
+      'ci-scope': { type: 'string', default: 'openid offline_access compute.read storage.read:/' },
+      'ci-jti-max-uses': { type: 'string', default: '0' },
       config: { type: 'string', default: path.join(HERE, 'config.json') },
       'exit-on-stdin-close': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -59,7 +63,8 @@ try {
 if (args.help) {
   process.stderr.write(`usage: node server.mjs [--port N] [--host H] [--issuer-host H | --issuer URL] [--tls-cert F --tls-key F]
   [--access-token-format opaque|jwt] [--at-ttl S] [--rt-ttl S] [--user-at-ttl S] [--exchange-shape common|strict|indigo]
-  [--discovery openid|oauth] [--config FILE] [--exit-on-stdin-close]\n`);
+  [--discovery openid|oauth] [--trusted-ci-issuer ISSUER=JWKS_PATH --ci-audience AUD [--ci-scope S] [--ci-jti-max-uses N]]
+  [--config FILE] [--exit-on-stdin-close]\n`);
   process.exit(0);
 }
 
@@ -97,6 +102,33 @@ if (args.issuer) {
     fail('--issuer must be an http(s) URL without query or fragment');
   }
 }
+const ciJtiMaxUses = Number(args['ci-jti-max-uses']);
+if (!Number.isInteger(ciJtiMaxUses) || ciJtiMaxUses < 0) fail('--ci-jti-max-uses must be 0 (no limit) or a positive integer');
+// Trusted CI issuers: ISSUER=JWKS_PATH, the issuer's public keys read once from a JWKS file.
+const ciIssuers = new Map();
+for (const entry of args['trusted-ci-issuer']) {
+  const at = entry.lastIndexOf('=');
+  if (at < 1) fail('--trusted-ci-issuer must be ISSUER=JWKS_PATH');
+  const [ciIssuer, jwksPath] = [entry.slice(0, at), entry.slice(at + 1)];
+  let jwks;
+  try {
+    jwks = JSON.parse(fs.readFileSync(jwksPath, 'utf8'));
+  } catch (err) {
+    fail(`cannot read the JWKS of the CI issuer ${ciIssuer}: ${err.message}`);
+  }
+  const keys = new Map();
+  for (const jwk of jwks.keys || []) {
+    if (!jwk.kid || (jwk.use && jwk.use !== 'sig')) continue;
+    try {
+      keys.set(jwk.kid, crypto.createPublicKey({ key: jwk, format: 'jwk' }));
+    } catch (err) {
+      fail(`the JWKS of the CI issuer ${ciIssuer} has an unusable key ${jwk.kid}: ${err.message}`);
+    }
+  }
+  if (keys.size === 0) fail(`the JWKS of the CI issuer ${ciIssuer} has no signing key with a kid`);
+  ciIssuers.set(ciIssuer, { keys });
+}
+if (ciIssuers.size > 0 && !args['ci-audience']) fail('--trusted-ci-issuer needs --ci-audience (the audience CI tokens must name)');
 const tls = !!args['tls-cert'];
 const host = args.host;
 const issuerHost = args['issuer-host'] || host;
@@ -143,7 +175,19 @@ const url = `${scheme}://${hostForUrl(host)}:${realPort}`;
 const users = config.users || {};
 const accountsBySub = new Map(Object.entries(users).map(([username, u]) => [u.sub, { username, ...u }]));
 
+// Subjects of CI tokens exchanged so far (grants.mjs): accounts of their own, with the CI claims.
+const ciSubjects = new Map();
+
 async function findAccount(ctx, id) {
+  const ci = !accountsBySub.has(id) && ciSubjects.get(id);
+  if (ci) {
+    return {
+      accountId: id,
+      async claims() {
+        return { sub: id, ci_issuer: ci.issuer, preferred_username: ci.claims.user_login || id };
+      },
+    };
+  }
   const user = accountsBySub.get(id);
   if (!user) return undefined;
   return {
@@ -272,6 +316,11 @@ registerGrants(provider, {
   userAtTtl,
   signingKeys,
   jwtAccessTokens,
+  ciIssuers,
+  ciAudience: args['ci-audience'],
+  ciScopes: new Set(args['ci-scope'].split(' ').filter(Boolean)),
+  ciJtiMaxUses,
+  ciSubjects,
 });
 
 // -- test-only statistics, discovery switch, error-code fix-up ------------------------------------
@@ -497,6 +546,8 @@ const ready = {
   at_ttl: atTtl,
   rt_ttl: rtTtl,
   user_at_ttl: userAtTtl,
+  trusted_ci_issuers: [...ciIssuers.keys()],
+  ci_audience: args['ci-audience'] || null,
   oidc_provider_version: JSON.parse(fs.readFileSync(path.join(HERE, 'node_modules', 'oidc-provider', 'package.json'), 'utf8')).version,
 };
 process.stderr.write(`test-provider: listening on ${url}, issuer ${issuer}\n`);

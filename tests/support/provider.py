@@ -270,7 +270,8 @@ class Provider(LocalOpenIDServer):
     def __init__(self, tls=False, access_token_format='opaque', at_ttl=60, rt_ttl=3600, user_at_ttl=None,
                  exchange_shape='common', discovery='openid', issuer_host=None, workdir=None,
                  issuer=None, config=None, port=0, host='127.0.0.1',
-                 startup_timeout=STARTUP_TIMEOUT):
+                 startup_timeout=STARTUP_TIMEOUT, trusted_ci_issuers=None, ci_audience=None, ci_scope=None,
+                 ci_jti_max_uses=0):
         if access_token_format not in ('opaque', 'jwt'):
             raise ValueError('access_token_format must be opaque or jwt')
         if exchange_shape not in ('common', 'strict', 'indigo'):
@@ -294,6 +295,13 @@ class Provider(LocalOpenIDServer):
         self.port = int(port)
         self.host = host
         self.startup_timeout = startup_timeout
+        # CI issuers whose JWTs the exchange accepts as subject tokens: {issuer: jwks_path} (ci_issuer.py).
+        self.trusted_ci_issuers = dict(trusted_ci_issuers or {})
+        if self.trusted_ci_issuers and not ci_audience:
+            raise ValueError('trusted_ci_issuers needs ci_audience')
+        self.ci_audience = ci_audience
+        self.ci_scope = ci_scope
+        self.ci_jti_max_uses = int(ci_jti_max_uses)
         self.workdir = workdir
         self._own_workdir = False
         self.process = None
@@ -327,6 +335,12 @@ class Provider(LocalOpenIDServer):
             cmd += ['--issuer-host', self.issuer_host]
         if self.tls:
             cmd += ['--tls-cert', self._cert_path, '--tls-key', self._key_path]
+        for ci_issuer, jwks_path in self.trusted_ci_issuers.items():
+            cmd += ['--trusted-ci-issuer', '%s=%s' % (ci_issuer, jwks_path)]
+        if self.trusted_ci_issuers:
+            cmd += ['--ci-audience', self.ci_audience, '--ci-jti-max-uses', str(self.ci_jti_max_uses)]
+            if self.ci_scope:
+                cmd += ['--ci-scope', self.ci_scope if isinstance(self.ci_scope, str) else ' '.join(self.ci_scope)]
         if not self._detached:
             cmd.append('--exit-on-stdin-close')
         return cmd
