@@ -67,6 +67,13 @@ def clean_entry(entry):
                               if k in CONNECTION_FIELDS and v not in (None, ''))
     kept['role'] = dict((k, v) for k, v in (entry.get('role') or {}).items() if k in ROLE_FIELDS and v not in (None, ''))
     kept['started_at'] = kept['started_at'] or int(time.time())
+    # Times in seconds since the epoch. ansible-core before 2.19 templates a number inside a dict of a set_fact as text.
+    for field in ('lifetime_end', 'started_at'):
+        if isinstance(kept[field], str):
+            try:
+                kept[field] = int(kept[field])
+            except ValueError:
+                raise JobRecordError('The %s of a job record entry is a time in seconds, not %r.' % (field, kept[field])) from None
     return kept
 
 

