@@ -5,6 +5,8 @@
 - Puts tests/support on sys.path (``from provider import Provider``, ``from fault_proxy import ...``).
 - Fixtures:
     provider          the session's default test provider (HTTP, opaque access tokens)
+    built_collection  (tarball, collections path): the collection built from this checkout with ansible-galaxy
+                      and installed from that tarball into a private collections path, as users get it
     provider_factory  provider_factory(**switches) -> a started Provider; every one of them is stopped
                       at the end of the session. Switches: see tests/support/provider.py (tls,
                       access_token_format, at_ttl, rt_ttl, exchange_shape, discovery, issuer_host,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -68,3 +71,15 @@ def provider_factory(tmp_path_factory):
 def provider(provider_factory):
     """The default provider: HTTP on 127.0.0.1, opaque access tokens, common exchange shape."""
     return provider_factory()
+
+
+@pytest.fixture(scope='session')
+def built_collection(tmp_path_factory):
+    base = tmp_path_factory.mktemp('galaxy')
+    galaxy = os.path.join(os.path.dirname(sys.executable), 'ansible-galaxy')
+    subprocess.run([galaxy, 'collection', 'build', '--output-path', str(base), REPO_ROOT],
+                   check=True, capture_output=True, text=True, timeout=120)
+    (tarball,) = base.glob('oidc-tokens-*.tar.gz')
+    subprocess.run([galaxy, 'collection', 'install', '-p', str(base / 'collections'), str(tarball)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    return tarball, base / 'collections'

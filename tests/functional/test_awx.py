@@ -48,23 +48,10 @@ def run(args, timeout=300, **kwargs):
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
 
 
-@pytest.fixture(scope='module')
-def collection(tmp_path_factory):
-    """(tarball, collections path): the collection built from this checkout, and installed from that tarball."""
-    base = tmp_path_factory.mktemp('awx-galaxy')
-    built = run([tool('ansible-galaxy'), 'collection', 'build', '--output-path', str(base), REPO_ROOT], timeout=120)
-    assert built.returncode == 0, built.stderr
-    (tarball,) = base.glob('oidc-tokens-*.tar.gz')
-    installed = run([tool('ansible-galaxy'), 'collection', 'install', '-p', str(base / 'collections'), str(tarball)],
-                    timeout=120)
-    assert installed.returncode == 0, installed.stderr
-    return tarball, base / 'collections'
-
-
 # -- the execution environment ------------------------------------------------------------------
 
-def test_the_tarball_carries_the_execution_environment_metadata(collection):
-    tarball, _collections = collection
+def test_the_tarball_carries_the_execution_environment_metadata(built_collection):
+    tarball, _collections = built_collection
     with tarfile.open(tarball) as archive:
         meta = yaml.safe_load(archive.extractfile('meta/execution-environment.yml'))
         names = set(archive.getnames())
@@ -72,8 +59,8 @@ def test_the_tarball_carries_the_execution_environment_metadata(collection):
     assert {'requirements.txt', 'bindep.txt'} <= names
 
 
-def test_ansible_builder_create_makes_a_build_context_that_installs_the_collection(collection, tmp_path):
-    tarball, _collections = collection
+def test_ansible_builder_create_makes_a_build_context_that_installs_the_collection(built_collection, tmp_path):
+    tarball, _collections = built_collection
     # The definition users copy, as it is (the collection from Galaxy by name): accepted.
     as_shipped = run([tool('ansible-builder'), 'create', '-f', EE_DEFINITION, '-c', str(tmp_path / 'shipped'),
                       '--output-filename', 'Containerfile'])
@@ -108,8 +95,8 @@ def test_ansible_builder_create_makes_a_build_context_that_installs_the_collecti
     assert (manifest['collection_info']['namespace'], manifest['collection_info']['name']) == ('oidc', 'tokens')
 
 
-def test_ansible_builder_introspect_finds_the_python_and_system_requirements(collection, tmp_path):
-    _tarball, collections = collection
+def test_ansible_builder_introspect_finds_the_python_and_system_requirements(built_collection, tmp_path):
+    _tarball, collections = built_collection
     pip_out, bindep_out = tmp_path / 'requirements.txt', tmp_path / 'bindep.txt'
     introspected = run([tool('ansible-builder'), 'introspect', str(collections),
                         '--write-pip', str(pip_out), '--write-bindep', str(bindep_out)])
@@ -372,7 +359,7 @@ def tls_provider(provider_factory):
 def test_a_play_with_what_the_credential_injects_exchanges_uses_and_revokes(collection, tls_provider, tmp_path,
                                                                             ca_in_credential):
     provider = tls_provider
-    _tarball, collections = collection
+    _tarball, collections = built_collection
     client = provider.client(EXCHANGER)
     password = 'awx job password %s' % os.urandom(6).hex()
     inputs = {'issuer': provider.issuer, 'client_id': client['client_id'], 'client_secret': client['client_secret'],

@@ -175,15 +175,6 @@ def test_the_other_subject_tokens_are_handled_as_before(ci_provider, provider):
 # -- the GitLab pipeline under gitlab-ci-local ----------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def tarball(tmp_path_factory):
-    base = tmp_path_factory.mktemp('galaxy')
-    subprocess.run([tool('ansible-galaxy'), 'collection', 'build', '--output-path', str(base), REPO_ROOT],
-                   check=True, capture_output=True, text=True, timeout=120)
-    (built,) = base.glob('oidc-tokens-*.tar.gz')
-    return built
-
-
-@pytest.fixture(scope='module')
 def job_users():
     """Unix job users of this run only (oidcci + random hex), removed at the end."""
     if os.geteuid() != 0 or not shutil.which('useradd'):
@@ -286,7 +277,8 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(tmp_path, ci_provider, job_users, tarball, public_dir):
+def pipeline(tmp_path, ci_provider, job_users, built_collection, public_dir):
+    tarball = built_collection[0]
     if not os.access(GITLAB_CI_LOCAL, os.X_OK):
         pytest.fail('gitlab-ci-local is not installed: run scripts/setup (npm ci in tests/ci)')
 

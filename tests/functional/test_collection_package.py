@@ -10,7 +10,6 @@ import sys
 import tarfile
 import venv
 
-import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -21,25 +20,13 @@ def tool(name):
     return path if os.path.exists(path) else name
 
 
-@pytest.fixture(scope='module')
-def installed(tmp_path_factory):
-    """The collection built from this checkout and installed into a private collections path."""
-    base = tmp_path_factory.mktemp('galaxy')
-    subprocess.run([tool('ansible-galaxy'), 'collection', 'build', '--output-path', str(base), REPO_ROOT],
-                   check=True, capture_output=True, text=True, timeout=120)
-    (tarball,) = base.glob('oidc-tokens-*.tar.gz')
-    subprocess.run([tool('ansible-galaxy'), 'collection', 'install', '-p', str(base / 'collections'), str(tarball)],
-                   check=True, capture_output=True, text=True, timeout=120)
-    return tarball, base / 'collections'
-
-
 def run_ansible(args, collections, **env):
     environment = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR='1', **env)
     return subprocess.run(args, capture_output=True, text=True, timeout=120, env=environment, check=False)
 
 
-def test_tarball_holds_the_plugins_and_no_build_litter(installed):
-    tarball, _collections = installed
+def test_tarball_holds_the_plugins_and_no_build_litter(built_collection):
+    tarball, _collections = built_collection
     with tarfile.open(tarball) as archive:
         names = archive.getnames()
     assert 'plugins/module_utils/_oauth.py' in names and 'plugins/modules/oidc_token_exchange.py' in names
@@ -47,8 +34,8 @@ def test_tarball_holds_the_plugins_and_no_build_litter(installed):
                 or n.startswith('tests/provider/node_modules')]
 
 
-def test_installed_collection_lists_and_documents_its_modules(installed):
-    _tarball, collections = installed
+def test_installed_collection_lists_and_documents_its_modules(built_collection):
+    _tarball, collections = built_collection
     listing = run_ansible([tool('ansible-doc'), '-l', 'oidc.tokens', '--json'], collections)
     assert listing.returncode == 0, listing.stderr
     modules = json.loads(listing.stdout)
@@ -62,8 +49,8 @@ def test_installed_collection_lists_and_documents_its_modules(installed):
         assert doc.returncode == 0 and 'EXAMPLES' in doc.stdout and 'RETURN' in doc.stdout, (args, doc.stderr)
 
 
-def test_a_host_without_requests_gets_ansibles_missing_library_message(installed, tmp_path):
-    _tarball, collections = installed
+def test_a_host_without_requests_gets_ansibles_missing_library_message(built_collection, tmp_path):
+    _tarball, collections = built_collection
     bare = tmp_path / 'bare-python'
     venv.EnvBuilder(with_pip=False).create(bare)
     result = run_ansible(

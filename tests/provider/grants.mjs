@@ -47,6 +47,18 @@ function b64urlJson(part) {
   return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
 }
 
+// A compact JWS: its decoded header and payload, what was signed and the signature (malformed: `message`).
+function parseJws(value, message) {
+  const [h, p, s] = value.split('.');
+  try {
+    return {
+      header: b64urlJson(h), payload: b64urlJson(p), signed: Buffer.from(`${h}.${p}`), signature: Buffer.from(s, 'base64url'),
+    };
+  } catch {
+    throw new InvalidRequest(message);
+  }
+}
+
 // RFC 8707 §2: a resource is an absolute URI without a fragment.
 function checkResourceIndicator(value) {
   let url;
@@ -102,20 +114,14 @@ export function registerGrants(provider, env) {
   }
 
   async function validateJwtAccessToken(value, label) {
-    const [h, p, s] = value.split('.');
-    let header;
-    let payload;
-    try {
-      header = b64urlJson(h);
-      payload = b64urlJson(p);
-    } catch {
-      throw new InvalidRequest(`${label} is not a valid access token of this provider (malformed JWT)`);
-    }
+    const {
+      header, payload, signed, signature,
+    } = parseJws(value, `${label} is not a valid access token of this provider (malformed JWT)`);
     const key = env.signingKeys.get(header.kid);
     if (header.alg !== 'RS256' || !key) {
       throw new InvalidRequest(`${label} is not signed by this provider`);
     }
-    const ok = crypto.verify('sha256', Buffer.from(`${h}.${p}`), key, Buffer.from(s, 'base64url'));
+    const ok = crypto.verify('sha256', signed, key, signature);
     if (!ok) {
       throw new InvalidRequest(`${label} has an invalid signature`);
     }
@@ -171,15 +177,9 @@ export function registerGrants(provider, env) {
   const CI_ALGS = { RS256: 'sha256', ES256: 'sha256' };
 
   function validateCiToken(value, label) {
-    const [h, p, s] = value.split('.');
-    let header;
-    let payload;
-    try {
-      header = b64urlJson(h);
-      payload = b64urlJson(p);
-    } catch {
-      throw new InvalidRequest(`${label} is not a valid JWT (malformed)`);
-    }
+    const {
+      header, payload, signed, signature,
+    } = parseJws(value, `${label} is not a valid JWT (malformed)`);
     const trusted = env.ciIssuers.get(payload.iss);
     if (!trusted) {
       throw new InvalidRequest(`${label} was not issued by a trusted CI issuer`);
@@ -189,7 +189,7 @@ export function registerGrants(provider, env) {
       throw new InvalidRequest(`${label} is not signed by a key of the CI issuer ${payload.iss} (kid or alg unknown)`);
     }
     const options = header.alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' } : key;
-    const ok = crypto.verify(CI_ALGS[header.alg], Buffer.from(`${h}.${p}`), options, Buffer.from(s, 'base64url'));
+    const ok = crypto.verify(CI_ALGS[header.alg], signed, options, signature);
     if (!ok) {
       throw new InvalidRequest(`${label} has an invalid signature`);
     }
