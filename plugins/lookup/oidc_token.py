@@ -321,34 +321,23 @@ class LookupModule(LookupBase):
         return results
 
     def _set_lookup_options(self, variables, direct):
-        # set_options drops unknown keywords silently: a typo (min_valid_perod=600) must not fall back to a default.
         definitions = C.config.get_configuration_definitions('lookup', self._load_name) or {}
+        # set_options drops unknown keywords silently: a typo (min_valid_perod=600) must not fall back to a default.
         known = set(definitions).union(*(definition.get('aliases') or () for definition in definitions.values()))
         unknown = sorted(set(direct) - known)
         if unknown:
             raise AnsibleError('The lookup oidc.tokens.oidc_token has no option %s.' % ', '.join(unknown))
-        self.set_options(var_options=self._option_vars(variables), direct=direct)
-        self._unset_empty_env_options()
-
-    def _unset_empty_env_options(self):
-        """An option that an empty environment variable sets counts as not set: ansible.cfg or the default applies.
-
-        Ansible would take the empty value, and for a path (ca_path, config_dir, encryption_password_file) make
-        it the current directory. AWX's credential injectors set every variable they name, empty when the
-        credential leaves the field blank (docs/awx/credential-type.yml: OIDC_TOKENS_CA_PATH without a CA bundle).
-        """
-        for option, origin in list(self._origins.items()):
-            if not (isinstance(origin, str) and origin.startswith('env: ')):
-                continue
-            name = origin[len('env: '):]
-            if os.environ.get(name) != '':
-                continue
-            saved = os.environ.pop(name)
-            try:
-                self._options[option], self._origins[option] = C.config.get_config_value_and_origin(
-                    option, plugin_type='lookup', plugin_name=self._load_name)
-            finally:
-                os.environ[name] = saved
+        # An option that an empty environment variable would set counts as not set: ansible.cfg or the default
+        # applies. Ansible would take the empty value, and for a path (ca_path, config_dir) make it the current
+        # directory; AWX's credential injectors set every variable they name, empty when a field is left blank.
+        empty = dict((entry['name'], '') for definition in definitions.values() for entry in definition.get('env') or ()
+                     if os.environ.get(entry['name']) == '')
+        for name in empty:
+            del os.environ[name]
+        try:
+            self.set_options(var_options=self._option_vars(variables), direct=direct)
+        finally:
+            os.environ.update(empty)
 
     def _option_vars(self, variables):
         """The variables that set options (the vars: entries), templated.
