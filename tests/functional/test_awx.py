@@ -356,7 +356,7 @@ def tls_provider(provider_factory):
 
 
 @pytest.mark.parametrize('ca_in_credential', [True, False], ids=['ca-bundle-in-credential', 'image-trusts-provider'])
-def test_a_play_with_what_the_credential_injects_exchanges_uses_and_revokes(collection, tls_provider, tmp_path,
+def test_a_play_with_what_the_credential_injects_exchanges_uses_and_revokes(built_collection, tls_provider, tmp_path,
                                                                             ca_in_credential):
     provider = tls_provider
     _tarball, collections = built_collection
