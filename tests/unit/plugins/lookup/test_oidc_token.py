@@ -736,9 +736,9 @@ def filled_cache(env):
     return env
 
 
-@pytest.mark.parametrize('block', ['0', '1'])
-def test_cache_hit_imports_nothing_heavy(filled_cache, tmp_path, block):
-    env = filled_cache
+def hit_in_a_fresh_worker(env, tmp_path, block='0'):
+    """What a fresh Python process saw when its lookup hit the filled cache (CHILD's report; ``block``: '1' hides
+    requests from it)."""
     script = tmp_path / 'child.py'
     script.write_text(CHILD)
     proc = subprocess.run([sys.executable, str(script), _collections_root(), env.config_dir, env.cache_dir, block],
@@ -747,6 +747,12 @@ def test_cache_hit_imports_nothing_heavy(filled_cache, tmp_path, block):
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert out['hit'] == ['at-1']
+    return out
+
+
+@pytest.mark.parametrize('block', ['0', '1'])
+def test_cache_hit_imports_nothing_heavy(filled_cache, tmp_path, block):
+    out = hit_in_a_fresh_worker(filled_cache, tmp_path, block)
     heavy = [m for m in out['new'] if m.split('.')[0] in HEAVY or m in OWN_HEAVY]
     assert heavy == [], 'a cache hit imported %s' % heavy
     assert 'ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_cache' in out['new']
@@ -758,15 +764,7 @@ def test_cache_hit_imports_nothing_heavy(filled_cache, tmp_path, block):
 def test_cache_hit_parses_no_documentation_and_loads_no_miss_path(filled_cache, tmp_path):
     """A worker that hits the cache neither imports the doc fragments (Ansible's loader parses them, with
     DOCUMENTATION, only for a plugin whose options it does not know yet) nor compiles the miss path."""
-    env = filled_cache
-    script = tmp_path / 'child.py'
-    script.write_text(CHILD)
-    proc = subprocess.run([sys.executable, str(script), _collections_root(), env.config_dir, env.cache_dir, '0'],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False,
-                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_root()))
-    assert proc.returncode == 0, proc.stderr.decode()
-    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    assert out['hit'] == ['at-1']
+    out = hit_in_a_fresh_worker(filled_cache, tmp_path)
     prefix = 'ansible_collections.oidc.tokens.plugins.'
     assert [m for m in out['new'] if m.startswith(prefix + 'doc_fragments')] == []
     assert prefix + 'plugin_utils._lookup_miss' not in out['new']
@@ -778,13 +776,5 @@ def test_cache_hit_compiles_nothing_the_collection_loader_loads(filled_cache, tm
     """Ansible's collection loader compiles module_utils and plugin_utils from source in every worker and
     keeps no bytecode; the hit path's modules are loaded by path instead, like the plugin file, so Python
     keeps their bytecode. A module added to the hit path without that fails here."""
-    env = filled_cache
-    script = tmp_path / 'child.py'
-    script.write_text(CHILD)
-    proc = subprocess.run([sys.executable, str(script), _collections_root(), env.config_dir, env.cache_dir, '0'],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False,
-                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_root()))
-    assert proc.returncode == 0, proc.stderr.decode()
-    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    assert out['hit'] == ['at-1']
+    out = hit_in_a_fresh_worker(filled_cache, tmp_path)
     assert out['without_bytecode'] == []
