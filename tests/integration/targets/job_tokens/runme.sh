@@ -21,10 +21,10 @@
 #   9. the controller's record: start writes it (0600, no secret), job_status.yml lists the running jobs
 #      and job_teardown.yml tears them down from it, both with an inventory that knows no worker;
 #   (4, 5, 7, 8 and 9 need no second provider: only in the node-oidc-provider pass).
-# Needs root (it creates the users oidcjob1..3 and removes them at the end), useradd, su, crontab,
-# setfacl, munged and slurmctld (scripts/setup installs cron, acl, munge and slurm-wlm), and Python 3
-# with requests, PyNaCl and cryptography for the job users (scripts/setup installs python3-requests,
-# python3-nacl, python3-cryptography).
+# Needs root (it creates the users oidcjob1..3, replacing ones an earlier run left, and removes them at the
+# end), useradd, su, crontab, setfacl, munged and slurmctld (scripts/setup installs cron, acl, munge and
+# slurm-wlm), and Python 3 with requests, PyNaCl and cryptography for the job users (scripts/setup installs
+# python3-requests, python3-nacl, python3-cryptography).
 set -eu -o pipefail
 [ -z "${JOB_TOKENS_TRACE:-}" ] || set -x
 
@@ -62,6 +62,17 @@ CREATED_USERS=()
 WATCHER=
 CRON_STARTED=
 RUNTIME_DIR=
+# A job user and all it may have left: processes (a refresher, a job), its crontab and the role's
+# /run/oidc-tokens/UID (userdel removes neither), so that a user of a later run with the same uid starts
+# clean.
+remove_job_user() {  # user
+    local uid
+    uid=$(id -u "$1") || return 1
+    pkill -KILL -u "$1" 2>/dev/null || true
+    crontab -r -u "$1" >/dev/null 2>&1 || true
+    rm -rf "/run/oidc-tokens/$uid"
+    userdel -r "$1" >/dev/null 2>&1 || { sleep 1; userdel -r "$1" >/dev/null 2>&1; }
+}
 cleanup() {
     local rc=$?
     set +e
@@ -86,7 +97,7 @@ cleanup() {
         rm -rf "$RUNTIME_DIR"
     fi
     for user in "${CREATED_USERS[@]}"; do
-        userdel -r "$user" >/dev/null 2>&1 || echo "job_tokens: could not remove the user $user" >&2
+        remove_job_user "$user" || echo "job_tokens: could not remove the user $user" >&2
     done
     rm -rf "$WORK"
     exit "$rc"
@@ -112,11 +123,15 @@ CA=$(fact ca_path)
 echo "issuer $ISSUER"
 
 # --- the workers' users ----------------------------------------------------------------------------
+# These users are this target's own: one left by a run that was killed is removed, with what it left.
 for user in "${USERS[@]}"; do
-    if ! getent passwd "$user" >/dev/null; then
-        useradd --create-home --shell /bin/bash "$user"
-        CREATED_USERS+=("$user")
+    if getent passwd "$user" >/dev/null; then
+        echo "job_tokens: removing $user, left by an earlier run"
+        remove_job_user "$user" || die "could not remove $user, left by an earlier run"
     fi
+    useradd --create-home --shell /bin/bash "$user"
+    CREATED_USERS+=("$user")
+    rm -rf "/run/oidc-tokens/$(id -u "$user")"
 done
 mkdir -m 1777 "$WORK/results"
 install -m 0644 "$TARGET_DIR/files/bearer_token_probe.py" "$WORK/bearer_token_probe.py"
