@@ -176,7 +176,7 @@ notes:
   - An environment variable that is set but empty counts as not set, so C(ansible.cfg) or the default applies (AWX's
     credential injectors set every variable they name, empty for a field left blank).
   - With O(source=agent), a locked agent, an agent that has not loaded the account and an agent that is not running
-    fail the lookup with what to run (C(oidc-add -u), C(oidc-add ACCOUNT), C(eval "$(oidc-agent)")). The agent's
+    fail the lookup with what to run (C(oidc-add --unlock), C(oidc-add ACCOUNT), C(eval "$(oidc-agent)")). The agent's
     C(expires_at) describes the account's default token; for a token asked with O(scope) or O(audience) the lookup
     takes C(expires_at) from the JWT's C(exp) (null for an opaque token). C(claims) are the JWT's, verified against
     the JWKS of the issuer the agent names unless O(verify=false), with the connection options.

@@ -19,7 +19,7 @@ binary; 5.x reads requests the same way):
   ``expires_at`` is the expiry of the account's default token: for a down-scoped or audience-bound
   token (which the agent never keeps) it does not describe the token handed out.
 - ``{"request":"loaded_accounts"}`` answers ``{"status":"success","info":[NAMES]}``.
-- Errors: ``{"status":"failure","error":TEXT[,"info":HELP]}``. A locked agent (``oidc-add --lock``)
+- Errors: ``{"status":"failure","error":TEXT[,"info":HELP]}``. A locked agent (``oidc-add --lock``, ``-x``)
   answers every request but ``check`` and ``unlock`` with the error ``Agent locked``. An account that
   is not loaded is ``account not loaded`` (agent started with ``--no-autoload``, or its password prompt
   could not be shown) or ``No account configured with that short name`` (no account file of that name in
@@ -242,8 +242,8 @@ class AgentClient(object):
         error = error if isinstance(error, str) else 'no error given'
         shown = repr(account) if account is not None else 'the account'
         if error == ERROR_LOCKED:
-            return AgentError('oidc-agent at %s is locked: unlock it with oidc-add -u (or oidc-agent-service), then '
-                              'retry.' % self.path, 'locked')
+            return AgentError('oidc-agent at %s is locked: unlock it with oidc-add --unlock (oidc-add -X), then retry.'
+                              % self.path, 'locked')
         if error == ERROR_NOT_LOADED:
             return AgentError('oidc-agent at %s has not loaded account %s: run oidc-add %s (where it can ask for the '
                               'password), then retry.' % (self.path, shown, account or 'ACCOUNT'), 'not_loaded')

@@ -154,7 +154,7 @@ def test_loaded_accounts(serve):
 
 
 @pytest.mark.parametrize('error, reason, words', [
-    ('Agent locked', 'locked', 'oidc-add -u'),
+    ('Agent locked', 'locked', 'unlock it with oidc-add --unlock'),
     ('account not loaded', 'not_loaded', 'run oidc-add wlcg'),
     ('No account configured with that short name', 'no_account', 'oidc-add wlcg'),
 ])
