@@ -74,7 +74,7 @@ def save_and_load(agent, provider, name='wlcg', load=True):
     return client
 
 
-def play(tmp_path, collections, agent, tasks, extra_env=None, json_output=True):
+def play(tmp_path, collections, agent, tasks, extra_env=None, json_output=True, extra_args=()):
     """Run ``tasks`` (YAML text) on localhost with the agent's environment; the JSON callback's output, parsed
     (or the completed process when json_output is false)."""
     book = tmp_path / ('play-%d.yml' % time.monotonic_ns())
@@ -89,7 +89,7 @@ def play(tmp_path, collections, agent, tasks, extra_env=None, json_output=True):
     env['ANSIBLE_CALLBACK_RESULT_FORMAT'] = 'json'
     env.update(extra_env or {})
     env = dict((k, v) for k, v in env.items() if v is not None)
-    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', 'localhost,', str(book)], env=env,
+    proc = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', 'localhost,'] + list(extra_args) + [str(book)], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     if not json_output:
         return proc
@@ -302,3 +302,56 @@ def test_a_loaded_account_used_from_its_file_is_warned_about(agents, provider, b
         assert proc.returncode == 0, proc.stdout + proc.stderr
         output = ' '.join((proc.stdout + proc.stderr).split())
         assert expected in output and 'oidc-add -r wlcg' in output, output
+
+
+ROLE_START = '''
+    - name: start
+      block:
+        - name: include
+          ansible.builtin.include_role:
+            name: oidc.tokens.job_tokens
+            tasks_from: start
+          vars:
+            job_tokens_account: job1
+            job_tokens_user: oidcjob1
+            job_tokens_issuer: https://127.0.0.1:1/
+            job_tokens_client_id: oidc-tokens-exchanger
+            job_tokens_client_secret: not-a-secret
+            job_tokens_subject_token_source: agent
+            %s
+            # Both password sources: start's input check fails after it has templated the subject token.
+            job_tokens_password: not-a-password
+            job_tokens_password_command: /bin/false
+      rescue:
+        - name: failed
+          ansible.builtin.debug:
+            msg: "{{ ansible_failed_result.msg }}"
+'''
+
+
+def test_the_role_takes_the_subject_token_from_the_agent(agents, provider, built_collection, tmp_path):
+    collections = built_collection[1]
+    agent = agents()
+    client = save_and_load(agent, provider)
+    defaults = os.path.join(str(collections), 'ansible_collections', 'oidc', 'tokens', 'roles', 'job_tokens',
+                            'defaults', 'main.yml')
+    # The role's default subject token, as start templates it for each worker.
+    token = play(tmp_path, collections, agent, '''
+    - name: defaults
+      ansible.builtin.include_vars:
+        file: %s
+    - name: show
+      ansible.builtin.debug:
+        var: job_tokens_subject_token
+''' % defaults, extra_args=['-e', 'job_tokens_subject_token_source=agent', '-e',
+                              'job_tokens_subject_token_agent_account=wlcg'])['show']['job_tokens_subject_token']
+    assert introspect(provider, client, token)['active'] is True
+    assert files_holding(tmp_path, [token]) == []
+
+    # start: the token resolved (the check that fails is the next one), an account the agent lacks, no account.
+    msg = play(tmp_path, collections, agent, ROLE_START % 'job_tokens_subject_token_agent_account: wlcg')['failed']['msg']
+    assert 'job_tokens_password_command excludes job_tokens_password' in msg and 'subject_token' not in msg, msg
+    msg = play(tmp_path, collections, agent, ROLE_START % 'job_tokens_subject_token_agent_account: nothere')['failed']['msg']
+    assert "has not loaded account 'nothere': run oidc-add nothere" in msg, msg
+    msg = play(tmp_path, collections, agent, ROLE_START % '')['failed']['msg']
+    assert 'set job_tokens_subject_token_agent_account to the account loaded in your oidc-agent' in msg, msg
