@@ -57,8 +57,8 @@ ERROR_NO_ACCOUNT = 'No account configured with that short name'
 
 class AgentError(OidcTokensError):
     """oidc-agent cannot give what was asked. ``reason``: 'unset' (no $OIDC_SOCK), 'not_running',
-    'socket' (not a socket of the running user), 'locked', 'not_loaded', 'no_account', 'protocol'
-    (an answer that is not oidc-agent's) or 'agent' (another error the agent reported)."""
+    'socket' (not a socket of the running user), 'timeout', 'locked', 'not_loaded', 'no_account',
+    'protocol' (an answer that is not oidc-agent's) or 'agent' (another error the agent reported)."""
 
     def __init__(self, message, reason):
         super(AgentError, self).__init__(message)
@@ -93,26 +93,17 @@ def check_socket(path):
                          'only asked of the running user\'s own agent.' % (path, st.st_uid, os.geteuid()), 'socket')
 
 
-def _peer_uid(sock):
-    """The uid of the process at the other end of a connected UNIX socket, or None where unknown."""
+def _peer(sock):
+    """(pid, uid) of the process at the other end of a connected UNIX socket (SO_PEERCRED), or (None, None)
+    where the system does not say."""
     option = getattr(socket, 'SO_PEERCRED', None)
     if option is None:
-        return None
+        return None, None
     try:
-        _pid, uid, _gid = struct.unpack('3i', sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize('3i')))
+        pid, uid, _gid = struct.unpack('3i', sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize('3i')))
     except OSError:
-        return None
-    return uid
-
-
-def _peer_pid(sock):
-    option = getattr(socket, 'SO_PEERCRED', None)
-    if option is None:
-        return None
-    try:
-        return struct.unpack('3i', sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize('3i')))[0]
-    except OSError:
-        return None
+        return None, None
+    return pid, uid
 
 
 def _join(value):
@@ -151,11 +142,11 @@ class AgentClient(object):
                                      'not_running')
                 raise AgentError('Cannot connect to oidc-agent at %s: %s.' % (self.path, exc.strerror or exc),
                                  'not_running')
-            uid = _peer_uid(sock)
+            pid, uid = _peer(sock)
             if uid is not None and uid != os.geteuid():
                 raise AgentError('The process behind the oidc-agent socket %s runs as uid %d, not as the running user '
                                  '(uid %d); no token is asked of it.' % (self.path, uid, os.geteuid()), 'socket')
-            self.peer_pid = _peer_pid(sock)
+            self.peer_pid = pid
             answer = self._exchange(sock, data, deadline)
         finally:
             sock.close()
@@ -192,7 +183,9 @@ class AgentClient(object):
                 except (UnicodeError, ValueError):
                     continue
         except socket.timeout:
-            raise AgentError('oidc-agent at %s did not answer within %d s.' % (self.path, self.timeout), 'not_running')
+            raise AgentError('oidc-agent at %s did not answer within %d s (it may be waiting for the provider, or for '
+                             'a prompt it shows: a password, a confirmation, a new login).' % (self.path, self.timeout),
+                             'timeout')
         except OSError as exc:
             raise AgentError('The connection to oidc-agent at %s failed: %s.' % (self.path, exc.strerror or exc),
                              'not_running')
@@ -289,8 +282,8 @@ def concurrent_use_warning(config_dir, name, environ=None, timeout=2.0):
 
     oidc-agent keeps the loaded account's refresh token in memory and does not take the store's lock:
     when one side rotates the refresh token, the other later sends the spent one, and a provider with
-    refresh-token reuse detection then revokes the whole grant. Never raises; no agent, a foreign socket
-    or a slow agent mean no warning.
+    refresh-token reuse detection then revokes the whole grant. Never raises; no agent, a foreign socket,
+    a locked or slow agent (``timeout`` seconds at most) mean no warning.
     """
     environ = os.environ if environ is None else environ
     if not environ.get(SOCKET_ENV):
