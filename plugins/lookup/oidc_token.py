@@ -169,8 +169,8 @@ notes:
     Options that say where a credential goes, which TLS to trust, which command to run or which path to read or
     write (O(issuer), O(client_id), O(client_secret), O(ca_path), O(validate_certs), O(allow_insecure_http),
     O(config_dir), O(cache_dir), O(encryption_password_file), O(encryption_password_env),
-    O(encryption_password_command)) come only from the lookup's own options in the playbook, the controller's
-    environment or C(ansible.cfg).
+    O(encryption_password_command), O(agent_socket)) come only from the lookup's own options in the playbook, the
+    controller's environment or C(ansible.cfg), and O(source) only from the lookup's own option.
   - An account's issuer and client are the ones stored in it. An O(issuer) or O(client_id) that names another one
     fails the lookup; the account's refresh token is only ever sent to its own issuer.
   - An environment variable that is set but empty counts as not set, so C(ansible.cfg) or the default applies (AWX's
