@@ -24,6 +24,7 @@ import hashlib
 import operator
 from collections import namedtuple
 
+from ansible_collections.oidc.tokens.plugins.module_utils._agent import concurrent_use_warning
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, same_items, space_separated
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
@@ -364,6 +365,10 @@ def replace_grant(store, name, password, replacement, client_for, revoke=True, c
         return outcome
     if outcome['revoke']:
         outcome['warnings'].extend(_revoke_replaced(name, outcome['old'], outcome['new'], client_for))
+    if outcome['new'] is not None:
+        shared = concurrent_use_warning(getattr(store, 'config_dir', None), name)
+        if shared:
+            outcome['warnings'].append(shared)
     return outcome
 
 

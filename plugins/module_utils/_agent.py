@@ -286,7 +286,7 @@ def concurrent_use_warning(config_dir, name, environ=None, timeout=2.0):
     a locked or slow agent (``timeout`` seconds at most) mean no warning.
     """
     environ = os.environ if environ is None else environ
-    if not environ.get(SOCKET_ENV):
+    if not config_dir or not environ.get(SOCKET_ENV):
         return None
     try:
         client = AgentClient(None, timeout=timeout, environ=environ)

@@ -359,7 +359,7 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
         drop_account_entries(store.config_dir, name)
     if isinstance(result, OidcTokensError):
         raise result
-    shared = concurrent_use_warning(store.config_dir, name)
+    shared = concurrent_use_warning(getattr(store, 'config_dir', None), name)
     if shared:
         result['warnings'] = list(result.get('warnings') or []) + [shared]
     # A kept token's claims are checked after the lock is released: no JWKS download holds up other workers.
@@ -474,4 +474,7 @@ def revoke_account(store, name, password, client_for, remove=True, force=False):
         result['removed'] = result['changed'] = store.delete(name)
     # The lookup's cached access tokens of the account go with it (on the controller; elsewhere there are none).
     drop_account_entries(store.config_dir, name)
+    shared = concurrent_use_warning(getattr(store, 'config_dir', None), name)
+    if shared:
+        result['warnings'].append(shared)
     return result

@@ -15,7 +15,7 @@ the environment, never argv), and runs ansible-playbook with the collection as u
 - an agent without the account (with and without autoload), a locked agent (``oidc-add --lock`` on a
   terminal: 4.2.6 reads the lock password from a terminal only), a stopped agent and no OIDC_SOCK fail the
   lookup with what to run;
-- a module and the store lookup using an account file the agent has loaded warn about it.
+- modules and the store lookup using an account file the agent has loaded warn about it.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def test_a_loaded_account_used_from_its_file_is_warned_about(agents, provider, b
     agent = agents()
     save_and_load(agent, provider)
     expected = "has account 'wlcg' loaded, the same account file as %s" % os.path.join(agent.config_dir, 'wlcg')
-    # Ansible shows a warning once per run, so the module and the lookup run in a play each.
+    # Ansible shows a warning once per run, so the modules and the lookup run in a play each.
     for task in ("""
       oidc.tokens.oidc_token:
         name: wlcg
@@ -296,6 +296,10 @@ def test_a_loaded_account_used_from_its_file_is_warned_about(agents, provider, b
 """ % PW_ENV, """
       ansible.builtin.set_fact:
         token: "{{ lookup('oidc.tokens.oidc_token', 'wlcg', cache=false, encryption_password_env='%s') }}"
+""" % PW_ENV, """
+      oidc.tokens.oidc_revoke:
+        name: wlcg
+        encryption_password_env: %s
 """ % PW_ENV):
         proc = play(tmp_path, built_collection[1], agent, '    - name: use the file' + task + '      no_log: true\n',
                     extra_env={PW_ENV: PASSWORD}, json_output=False)
@@ -343,8 +347,8 @@ def test_the_role_takes_the_subject_token_from_the_agent(agents, provider, built
     - name: show
       ansible.builtin.debug:
         var: job_tokens_subject_token
-''' % defaults, extra_args=['-e', 'job_tokens_subject_token_source=agent', '-e',
-                              'job_tokens_subject_token_agent_account=wlcg'])['show']['job_tokens_subject_token']
+''' % defaults, extra_args=['-e', 'job_tokens_subject_token_source=agent',
+                            '-e', 'job_tokens_subject_token_agent_account=wlcg'])['show']['job_tokens_subject_token']
     assert introspect(provider, client, token)['active'] is True
     assert files_holding(tmp_path, [token]) == []
 
