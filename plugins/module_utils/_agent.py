@@ -29,6 +29,11 @@ The socket must be a socket owned by the running user, and the process at the ot
 must run as the running user: a token is never asked of, nor handed to, someone else's process.
 Nothing is written to any file. Messages never contain a token.
 
+Why not oidc-agent's Python library (liboidcagent 0.6.0 on PyPI): it needs PyNaCl for the encrypted
+exchange, takes the socket only from $OIDC_SOCK, waits without a timeout, reads an answer until a short
+``recv``, checks neither the socket's owner nor the peer, and when the local agent fails or does not know
+the account it asks a remote agent over TCP at $OIDC_REMOTE_SOCK.
+
 Standard library only. Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 """
 
@@ -81,12 +86,12 @@ def check_socket(path):
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        raise AgentError('No oidc-agent is running at %s (OIDC_SOCK): the socket does not exist. Start one with '
+        raise AgentError('No oidc-agent is running at %s: the socket does not exist. Start one with '
                          'eval "$(oidc-agent)" and load the account with oidc-add ACCOUNT.' % path, 'not_running')
     except OSError as exc:
         raise AgentError('Cannot use the oidc-agent socket %s: %s.' % (path, exc.strerror or exc), 'socket')
     if not stat.S_ISSOCK(st.st_mode):
-        raise AgentError('%s (OIDC_SOCK) is not a socket%s; it is not an oidc-agent. Check OIDC_SOCK.'
+        raise AgentError('%s is not a socket%s; it is not an oidc-agent. Check OIDC_SOCK (or agent_socket).'
                          % (path, ' but a symbolic link' if stat.S_ISLNK(st.st_mode) else ''), 'socket')
     if st.st_uid != os.geteuid():
         raise AgentError('The oidc-agent socket %s belongs to uid %d, not to the running user (uid %d); a token is '
@@ -137,7 +142,7 @@ class AgentClient(object):
                 sock.connect(self.path)
             except OSError as exc:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                    raise AgentError('No oidc-agent is running at %s (OIDC_SOCK): connection refused. Start one with '
+                    raise AgentError('No oidc-agent is running at %s: connection refused. Start one with '
                                      'eval "$(oidc-agent)" and load the account with oidc-add ACCOUNT.' % self.path,
                                      'not_running')
                 raise AgentError('Cannot connect to oidc-agent at %s: %s.' % (self.path, exc.strerror or exc),
