@@ -154,9 +154,12 @@ LOADED_TASKS = '''
       ansible.builtin.set_fact:
         scoped: "{{ lookup('oidc.tokens.oidc_token', 'wlcg', source='agent', scope=['openid'], verify=false,
                            query='{token: access_token, exp: expires_at, scope: scope}') }}"
+    - name: forced
+      ansible.builtin.set_fact:
+        forced: "{{ lookup('oidc.tokens.oidc_token', 'wlcg', source='agent', force=true) }}"
     - name: show
       ansible.builtin.debug:
-        msg: "{{ {'first': first, 'again': again, 'longer': longer, 'scoped': scoped} }}"
+        msg: "{{ {'first': first, 'again': again, 'longer': longer, 'scoped': scoped, 'forced': forced} }}"
 '''
 
 
@@ -171,7 +174,7 @@ def test_a_loaded_account_gives_live_tokens_and_nothing_is_written(agents, provi
 
     results = play(tmp_path, built_collection[1], agent, LOADED_TASKS)
     got = results['show']['msg']
-    first, again, longer, scoped = got['first'], got['again'], got['longer'], got['scoped']
+    first, again, longer, scoped, forced = got['first'], got['again'], got['longer'], got['scoped'], got['forced']
 
     # The agent's kept default token serves a small min_valid_period; 59 s of the provider's 60 s tokens
     # needs a new one after 2 s.
@@ -180,7 +183,9 @@ def test_a_loaded_account_gives_live_tokens_and_nothing_is_written(agents, provi
     assert longer['token'] != first['token']
     assert longer['exp'] >= started + 59
     assert first['exp'] <= longer['exp']
-    for token in (first['token'], longer['token'], scoped['token']):
+    # force (oidc-token -f): a new token although the kept one has nearly 60 s left.
+    assert forced not in (first['token'], longer['token'], scoped['token'])
+    for token in (first['token'], longer['token'], scoped['token'], forced):
         assert introspect(provider, client, token)['active'] is True
     assert set(introspect(provider, client, first['token'])['scope'].split()) >= {'openid', 'profile'}
     # Down-scoping: only what was asked. The agent's expires_at is its default token's; an opaque
@@ -203,7 +208,7 @@ def test_a_loaded_account_gives_live_tokens_and_nothing_is_written(agents, provi
         after.split(b'\n')[6].startswith(b'Generated using version: ')
     assert not (tmp_path / 'xdg-runtime' / 'oidc-tokens').exists()
     assert not os.path.exists(os.path.join(agent.home, '.cache', 'oidc-tokens'))
-    assert files_holding(tmp_path, [first['token'], longer['token'], scoped['token']]) == []
+    assert files_holding(tmp_path, [first['token'], longer['token'], scoped['token'], forced]) == []
 
 
 def test_claims_are_verified_and_a_scoped_jwt_has_its_own_expiry(agents, provider_factory, built_collection,
