@@ -868,3 +868,43 @@ def test_source_agent_errors_fail_the_lookup(tmp_path, monkeypatch):
             new_lookup().run(['../wlcg'], variables={}, source='agent', agent_socket=server.path)
     finally:
         server.stop()
+
+
+AGENT_CHILD = textwrap.dedent(r'''
+    import json, sys
+    root, socket_path = sys.argv[1:3]
+    HEAVY = %r
+
+    class Blocker(object):
+        """Refuses the heavy libraries, as on a controller that lacks them."""
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in HEAVY:
+                raise ImportError('blocked: %%s' %% name)
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    from ansible.plugins.loader import init_plugin_loader, lookup_loader
+    init_plugin_loader([root])
+    before = set(sys.modules)
+    lookup = lookup_loader.get('oidc.tokens.oidc_token')
+    out = {'token': lookup.run(['wlcg'], variables={}, source='agent', agent_socket=socket_path, scope=['openid'])}
+    out['new'] = sorted(set(sys.modules) - before)
+    print(json.dumps(out))
+''') % (HEAVY,)
+
+
+def test_source_agent_needs_no_heavy_library(agent, tmp_path):
+    """Without claims to verify, source=agent imports neither requests, PyNaCl, cryptography nor the store."""
+    script = tmp_path / 'agent_child.py'
+    script.write_text(AGENT_CHILD)
+    proc = subprocess.run([sys.executable, str(script), _collections_root(), agent.path],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False,
+                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_root()))
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert out['token'] == [agent.tokens['scoped']]
+    heavy = [m for m in out['new'] if m.split('.')[0] in HEAVY or m in OWN_HEAVY]
+    assert heavy == [], 'source=agent imported %s' % heavy
+    prefix = 'ansible_collections.oidc.tokens.plugins.'
+    assert prefix + 'module_utils._agent' in out['new']
+    assert [m for m in out['new'] if m.endswith(('._account_store', '._account_file', '._oauth', '._lookup_miss'))] == []
