@@ -118,7 +118,7 @@ class OidcAgent(object):
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                ready, _, _ = select.select([fd], [], [], 0.2)
+                ready = select.select([fd], [], [], 0.2)[0]
                 if not ready:
                     continue
                 try:
@@ -135,7 +135,7 @@ class OidcAgent(object):
             os.close(fd)
         if time.monotonic() >= deadline:
             os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
         return os.waitstatus_to_exitcode(status), re.sub(rb'\x1b\[[0-9;]*m', b'', out).decode('utf-8', 'replace')
 
     def run(self, args, password=None, env=None, timeout=60, check=True):

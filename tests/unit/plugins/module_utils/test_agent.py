@@ -48,7 +48,7 @@ class Server(object):
     def _serve(self):
         while not self.stopped.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
             except socket.timeout:
                 continue
             except OSError:
