@@ -6,9 +6,9 @@ user the verification URI and the user code on the controller.
 
 A module cannot show anything while it runs, and the user must see the code while the host waits for the login.
 So: first run (no device options): the module starts the device authorization on the host and returns the codes
-and the device code (a secret); the controller shows the codes (Display, visible without -v); second run (the
-device code, the interval and the deadline as module options, no_log there): the module polls on the host and
-writes the account. The device code is taken out of the first result and never shown or returned. When no
+and the device code (a secret); the controller shows the codes (Display, on standard error, visible without -v);
+second run (the device code, the interval and the deadline as module options, no_log there): the module polls on
+the host and writes the account. The device code is taken out of the first result and never shown or returned. When no
 login is needed (a usable account exists), in check mode and on failure, the first result is the task's result.
 """
 
@@ -60,7 +60,11 @@ class ActionModule(ActionBase):
                 result.update(started)
                 return result
             host = (task_vars or {}).get('inventory_hostname', self._task.get_name())
-            display.display(login_message(host, args.get('name'), args.get('issuer') or args.get('issuer_url'), login))
+            # On standard error: Ansible does not flush standard output, which is block-buffered when it is not a
+            # terminal (a CI job's log, a pipe), so the codes would show only after the wait. Standard error is
+            # line-buffered, and shown without -v like standard output.
+            display.display(login_message(host, args.get('name'), args.get('issuer') or args.get('issuer_url'), login),
+                            stderr=True)
             args.update(device_code=device_code, device_interval=login['interval'], device_deadline=login['deadline'])
             finished = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
             del device_code, args
