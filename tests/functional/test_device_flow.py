@@ -16,8 +16,7 @@ import time
 
 import pytest
 
-from device_user import DeviceUser
-from provider import REPO_ROOT  # noqa: F401  (conftest puts tests/support on sys.path)
+from device_user import DeviceUser   # conftest puts tests/support on sys.path
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DeviceFlowError, OAuthClient

@@ -650,6 +650,7 @@ def _cli_start(args):
         tls=args.tls, access_token_format=args.access_token_format, at_ttl=args.at_ttl,
         rt_ttl=args.rt_ttl, user_at_ttl=args.user_at_ttl, exchange_shape=args.exchange_shape, discovery=args.discovery,
         issuer_host=args.issuer_host, issuer=args.issuer, config=args.config, port=args.port,
+        device_code_ttl=args.device_code_ttl, device_interval=args.device_interval, device_slow_down=args.device_slow_down,
         workdir=state_dir)
     try:
         provider.start(detach=True)
@@ -737,6 +738,10 @@ def main(argv=None):
     start.add_argument('--issuer', help='complete issuer URL (e.g. a proxy in front of the provider)')
     start.add_argument('--port', type=int, default=0)
     start.add_argument('--config', help='users and clients (default tests/provider/config.json)')
+    start.add_argument('--device-code-ttl', type=int, default=600, help='seconds a device code (and its user code) lives')
+    start.add_argument('--device-interval', type=int, default=5, help='the polling interval the device flow announces')
+    start.add_argument('--device-slow-down', type=int, default=0,
+                       help='answer the first N polls of every device code with slow_down')
     stop = sub.add_parser('stop', help='stop the provider started from STATE_DIR')
     stop.add_argument('--state-dir', required=True)
     user_token = sub.add_parser('user-token', help="print a user's access token (to stdout, for $(...))")
