@@ -40,6 +40,7 @@ LOGIN_TASK = '''
         encryption_password_env: ACCOUNT_PASSWORD
         login_timeout: "{{ login_timeout | default(omit) }}"
         device_code: "{{ internal_device_code | default(omit) }}"
+        force: "{{ force | default(false) }}"
       register: login
 '''
 
@@ -267,6 +268,24 @@ def test_a_user_who_approves_gets_an_account_whose_tokens_work_and_refresh(proje
     assert again.finish() == 0, again.output[-3000:]
     assert 'enter the code' not in again.output and 'changed=0' in again.output
     assert set(provider.device_codes()) == codes
+
+
+def test_force_logs_in_again_and_revokes_the_replaced_refresh_token(project, device_provider):
+    provider = device_provider
+    first = project.start(provider, account='twice')
+    uri, user_code, _complete = login_of(first)
+    DeviceUser(verify=provider.verify).approve(uri, user_code, 'alice', 'alice-pw')
+    assert first.finish() == 0, first.output[-3000:]
+    old = project.store().load('twice', PASSWORD)['refresh_token']
+
+    second = project.start(provider, account='twice', force='true')
+    uri, user_code, _complete = login_of(second)
+    DeviceUser(verify=provider.verify).approve(uri, user_code, 'bob', 'bob-pw')
+    assert second.finish() == 0, second.output[-3000:]
+    new = project.store().load('twice', PASSWORD)['refresh_token']
+    assert new != old
+    assert provider.introspect(old)['active'] is False
+    assert provider.introspect(new)['active'] is True and provider.introspect(new)['sub'] == provider.user('bob')['sub']
 
 
 @pytest.mark.parametrize('where', ['abort at the code', 'deny at the consent'])
