@@ -144,12 +144,14 @@ EXAMPLES = r'''
     login_timeout: 300
     encryption_password: "{{ vault_account_password }}"
   delegate_to: localhost
+  run_once: true    # one login, whatever the number of hosts in the play
 
 - name: A fresh access token from the account, for the job
   oidc.tokens.oidc_token:
     name: job1
     encryption_password: "{{ vault_account_password }}"
   delegate_to: localhost
+  run_once: true
   register: job1_token
   no_log: true
 '''
