@@ -37,7 +37,7 @@ LOGIN_TASK = '''
         client_secret: "{{ lookup('ansible.builtin.env', 'DEVICE_CLIENT_SECRET') or omit }}"
         scope: [openid, profile, storage.read:/]
         config_dir: "{{ config_dir }}"
-        encryption_password_env: ACCOUNT_PASSWORD
+        encryption_password_env: "{{ password_variable | default('ACCOUNT_PASSWORD') }}"
         login_timeout: "{{ login_timeout | default(omit) }}"
         device_code: "{{ internal_device_code | default(omit) }}"
         force: "{{ force | default(false) }}"
@@ -374,6 +374,14 @@ def test_a_task_may_not_set_the_internal_options(project, device_provider):
     assert play.finish() != 0
     assert 'are set by the action plugin of oidc.tokens.oidc_device_login' in play.output, play.output[-3000:]
     assert set(device_provider.device_codes()) == before and 'made-up' not in play.output
+
+
+def test_a_missing_password_fails_before_anybody_is_asked_to_log_in(project, device_provider):
+    before = set(device_provider.device_codes())
+    play = project.start(device_provider, account='nopassword', password_variable='NO_SUCH_VARIABLE')
+    assert play.finish() != 0
+    assert 'NO_SUCH_VARIABLE' in play.output and 'enter the code' not in play.output, play.output[-3000:]
+    assert set(device_provider.device_codes()) == before and not project.store().exists('nopassword')
 
 
 def test_the_poll_loop_reports_the_providers_expired_token(short_provider):
