@@ -479,19 +479,27 @@ class OAuthClient(object):
         time is up (DeviceFlowError).
 
         ``interval``: the provider's polling interval in seconds; every slow_down adds 5 seconds to it for this
-        and all later polls (RFC 8628 §3.5). ``deadline``: epoch seconds (``clock``) after which no poll is made,
-        at the latest the device code's expiry. A poll is made only when the whole interval fits before it.
+        and all later polls, and a poll that failed on the way (connection, timeout) doubles it (RFC 8628 §3.5).
+        ``deadline``: epoch seconds (``clock``) after which no poll is made, at the latest the device code's
+        expiry. A poll is made only when the whole interval fits before it.
         """
         interval = max(1, int(interval))
+        lost = None
         while True:
             if clock() + interval > deadline:
                 raise DeviceFlowError(
                     'Nobody approved the device login at %s in time: the wait ended at %s (the user code\'s expiry or '
-                    'the limit that was set), so the user code is no longer polled.' % (self.issuer, _utc(deadline)),
-                    'timeout')
+                    'the limit that was set), so the user code is no longer polled.%s'
+                    % (self.issuer, _utc(deadline), ' The last poll failed: %s' % lost if lost else ''), 'timeout')
             sleep(interval)
             try:
                 return self.device_token(device_code)
+            except TransportError as exc:
+                # A poll lost on the way: poll less often (§3.5). Had the provider answered it with the tokens,
+                # the next poll says the device code is spent (invalid_grant), and nothing is kept.
+                lost = exc
+                interval *= 2
+                continue
             except ProviderError as exc:
                 if exc.error == 'authorization_pending':
                     continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import time
 import pytest
 
 from device_user import DeviceUser   # conftest puts tests/support on sys.path
+from fault_proxy import FaultProxy
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DeviceFlowError, OAuthClient
@@ -382,6 +384,33 @@ def test_a_missing_password_fails_before_anybody_is_asked_to_log_in(project, dev
     assert play.finish() != 0
     assert 'NO_SUCH_VARIABLE' in play.output and 'enter the code' not in play.output, play.output[-3000:]
     assert set(device_provider.device_codes()) == before and not project.store().exists('nopassword')
+
+
+def test_a_poll_whose_answer_is_lost_doubles_the_interval_and_the_login_goes_on(provider_factory):
+    """RFC 8628 §3.5: after a connection problem the client polls less often, and carries on."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    provider = provider_factory(issuer='http://127.0.0.1:%d' % port, device_interval=1)
+    with FaultProxy(provider.url, port=port) as proxy:
+        client = OAuthClient(provider.issuer, PUBLIC)
+        authorization = client.device_authorization(scope=['openid', 'offline_access'])
+        proxy.push('reset_after', 1, match='POST /token')   # the first poll reaches the provider, its answer is lost
+
+        def user():
+            while not provider.device_codes()[authorization.user_code]['polls']:
+                time.sleep(0.1)
+            DeviceUser(verify=provider.verify).approve(authorization.verification_uri, authorization.user_code,
+                                                       'alice', 'alice-pw')
+
+        approving = threading.Thread(target=user, daemon=True)
+        approving.start()
+        token = client.poll_device_token(authorization.device_code, authorization.interval, time.time() + 60)
+        approving.join(30)
+    polls = provider.device_codes()[authorization.user_code]['polls']
+    assert polls[0]['answer'] == 'authorization_pending' and polls[-1]['answer'] == 'tokens'
+    assert polls[1]['since_last_ms'] >= 2 * 1000 - 250
+    assert token.refresh_token and provider.introspect(token.refresh_token)['active'] is True
 
 
 def test_the_poll_loop_reports_the_providers_expired_token(short_provider):
