@@ -64,7 +64,14 @@ class InsecureTransportError(OAuthError):
 
 
 class TransportError(OAuthError):
-    """The provider could not be reached, or did not answer in time, after the allowed retries."""
+    """The provider could not be reached, or did not answer in time, after the allowed retries.
+
+    ``passing``: whether asking again later may work (a connection or timeout problem), not a TLS failure or a
+    request that cannot be sent at all."""
+
+    def __init__(self, message, passing=True):
+        super(TransportError, self).__init__(message)
+        self.passing = passing
 
 
 class ResponseError(OAuthError):
@@ -497,6 +504,8 @@ class OAuthClient(object):
             except TransportError as exc:
                 # A poll lost on the way: poll less often (§3.5). Had the provider answered it with the tokens,
                 # the next poll says the device code is spent (invalid_grant), and nothing is kept.
+                if not exc.passing:
+                    raise
                 lost = exc
                 interval *= 2
                 continue
@@ -613,7 +622,7 @@ class OAuthClient(object):
             except requests.exceptions.SSLError as exc:
                 raise TransportError('TLS verification of %s failed for the %s: %s. Set ca_path to the CA bundle '
                                      'that signed the provider, or validate_certs=false only for testing.'
-                                     % (url, what, _short_reason(exc)))
+                                     % (url, what, _short_reason(exc)), passing=False)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
                 reached = not _is_connect_failure(exc)
@@ -625,7 +634,7 @@ class OAuthClient(object):
                     raise TransportError('The %s at %s failed after %d attempt(s): %s.%s'
                                          % (what, url, attempt, _short_reason(exc), hint))
             except requests.exceptions.RequestException as exc:
-                raise TransportError('The %s at %s failed: %s.' % (what, url, _short_reason(exc)))
+                raise TransportError('The %s at %s failed: %s.' % (what, url, _short_reason(exc)), passing=False)
             delay = self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
             time.sleep(min(retry_after if retry_after is not None else delay, 30))
 
