@@ -27,6 +27,9 @@ description:
     the access token is returned.
   - With O(query), returns that part (a JMESPath expression) of the dictionary C(access_token), C(expires_at),
     C(issuer), C(scope), C(claims) instead of the access token.
+  - With O(source=agent), asks the user's running oidc-agent (its socket C($OIDC_SOCK)) for a token of the account it
+    has loaded, as C(oidc-token -t MIN_VALID_PERIOD -s SCOPE --aud AUDIENCE ACCOUNT) does, and reads and writes no
+    file.
 extends_documentation_fragment:
   - oidc.tokens.provider
   - oidc.tokens.connection
@@ -40,6 +43,32 @@ options:
     type: list
     elements: str
     required: true
+  source:
+    description:
+      - Where the token comes from.
+      - V(store), an account file in O(config_dir), decrypted with the encryption password, through the lookup's cache.
+      - V(agent), the user's running oidc-agent at O(agent_socket) (C($OIDC_SOCK)), for an account loaded in it
+        (C(oidc-add ACCOUNT)). No account file is read or written and no encryption password is needed; O(config_dir),
+        the encryption password options, O(cache), O(cache_dir), O(resource), O(issuer), O(client_id),
+        O(client_secret) and O(auth_method) are ignored. The token goes through no cache of the lookup (the agent
+        keeps the account's default token itself) and into no file. O(min_valid_period), O(scope), O(audience),
+        O(force) (oidc-token's C(-f)) and O(query) apply.
+      - Only the lookup's own option sets it, never a host variable, the environment or C(ansible.cfg).
+    type: str
+    choices: [store, agent]
+    default: store
+  agent_socket:
+    description:
+      - The socket of the oidc-agent for O(source=agent). When not set, C($OIDC_SOCK) of the controller, as
+        C(eval "$(oidc-agent)") exports it.
+      - It must be a UNIX socket owned by the controller user, and the agent behind it must run as that user.
+      - Only the lookup's own option, the controller's environment or C(ansible.cfg) set it, never a host variable.
+    type: path
+    env:
+      - name: OIDC_SOCK
+    ini:
+      - section: oidc_tokens
+        key: agent_socket
   min_valid_period:
     description:
       - Seconds the returned token must still be valid (oidc-token's C(-t)). A cached or kept token with less time
@@ -140,12 +169,22 @@ notes:
     Options that say where a credential goes, which TLS to trust, which command to run or which path to read or
     write (O(issuer), O(client_id), O(client_secret), O(ca_path), O(validate_certs), O(allow_insecure_http),
     O(config_dir), O(cache_dir), O(encryption_password_file), O(encryption_password_env),
-    O(encryption_password_command)) come only from the lookup's own options in the playbook, the controller's
-    environment or C(ansible.cfg).
+    O(encryption_password_command), O(agent_socket)) come only from the lookup's own options in the playbook, the
+    controller's environment or C(ansible.cfg), and O(source) only from the lookup's own option.
   - An account's issuer and client are the ones stored in it. An O(issuer) or O(client_id) that names another one
     fails the lookup; the account's refresh token is only ever sent to its own issuer.
   - An environment variable that is set but empty counts as not set, so C(ansible.cfg) or the default applies (AWX's
     credential injectors set every variable they name, empty for a field left blank).
+  - With O(source=agent), a locked agent, an agent that has not loaded the account and an agent that is not running
+    fail the lookup with what to run (C(oidc-add --unlock), C(oidc-add ACCOUNT), C(eval "$(oidc-agent)")). The agent's
+    C(expires_at) describes the account's default token; for a token asked with O(scope) or O(audience) the lookup
+    takes C(expires_at) from the JWT's C(exp) (null for an opaque token). C(claims) are the JWT's, verified against
+    the JWKS of the issuer the agent names unless O(verify=false), with the connection options.
+  - An account that oidc-agent has loaded and that the collection's modules or this lookup (O(source=store)) use at the
+    same time from the same file is shared by two holders of one refresh token. oidc-agent does not take the
+    collection's lock, and after one rotates the refresh token the other replays a spent one (a provider with reuse
+    detection then revokes the grant). The lookup's miss and the modules warn when the agent at C($OIDC_SOCK) has the
+    account loaded; use O(source=agent) for such an account, or unload it from the agent (C(oidc-add -r ACCOUNT)).
 requirements:
   - requests (on a cache miss)
   - PyNaCl (on a cache miss)
@@ -171,6 +210,11 @@ EXAMPLES = r'''
     storage_token: >-
       {{ lookup('oidc.tokens.oidc_token', 'job1', scope=['storage.read:/'], min_valid_period=600,
                 encryption_password=vault_account_password) }}
+  no_log: true
+
+- name: The user's token from the oidc-agent running on the controller (after oidc-add wlcg), nothing written to disk
+  ansible.builtin.set_fact:
+    user_token: "{{ lookup('oidc.tokens.oidc_token', 'wlcg', source='agent', min_valid_period=300) }}"
   no_log: true
 
 - name: Only the expiry and the subject, never the token
@@ -296,6 +340,8 @@ class LookupModule(LookupBase):
         claims = None
         if compiled is not None and query_needs_claims(compiled.parsed):
             claims = 'verify' if get('verify') else 'decode'
+        if get('source') == 'agent':
+            return self._from_agent(terms, compiled, claims)
         cache = TokenCache(get('cache_dir'), enabled=get('cache'), warn=display.warning)
         selectors = dict((option, get(option)) for option in ('scope', 'audience', 'resource', 'issuer', 'client_id'))
 
@@ -312,6 +358,24 @@ class LookupModule(LookupBase):
             try:
                 token = cache.token(get('config_dir'), name, fetch, get('min_valid_period'), get('force'), claims,
                                     selectors)
+            except OidcTokensError as exc:
+                raise AnsibleError(str(exc)) from None
+            if compiled is None:
+                results.append(token['access_token'])
+            else:
+                results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
+        return results
+
+    def _from_agent(self, terms, compiled, claims):
+        """source=agent: each term's token from the running oidc-agent; no cache, no file."""
+        from ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_agent import agent_token
+
+        results = []
+        for term in terms:
+            if not isinstance(term, str) or not term:
+                raise AnsibleError('The lookup oidc.tokens.oidc_token takes account names, not %r.' % (term,))
+            try:
+                token = agent_token(self.get_option, str(term), claims)
             except OidcTokensError as exc:
                 raise AnsibleError(str(exc)) from None
             if compiled is None:
@@ -374,78 +438,90 @@ class LookupModule(LookupBase):
 # the block; test_runtime_options_are_the_documented_ones fails when it differs from what the loader would parse.
 _OPTIONS_JSON = (
     '{"_terms":{"description":["Names of accounts in O(config_dir) on the controller."],"elements":"str","required":true,'
-    '"type":"list"},"allow_insecure_http":{"default":false,"description":["Allow a plain C(http://) issuer on a host that'
-    ' is not loopback. Tokens and the client secret would cross the network unencrypted."],"ini":[{"key":"allow_insecure_'
-    'http","section":"oidc_tokens"}],"type":"bool"},"audience":{"description":["Audiences for the token (oidc-token\'s C(-'
-    '-aud), sent as C(audience))."],"elements":"str","type":"list"},"auth_method":{"choices":["client_secret_basic","clie'
-    'nt_secret_post"],"description":["How the client authenticates at the token, revocation and introspection endpoints."'
-    ',"When not set, C(client_secret_basic) if the provider offers it, else C(client_secret_post)."],"ini":[{"key":"auth_'
-    'method","section":"oidc_tokens"}],"type":"str"},"ca_path":{"description":["A CA bundle file to verify the provider\'s'
-    ' TLS certificate with (oidc-agent\'s C(--cp)).","When not set, the system\'s trust store is used, or the file named by'
-    ' C(REQUESTS_CA_BUNDLE)."],"env":[{"name":"OIDC_TOKENS_CA_PATH"}],"ini":[{"key":"ca_path","section":"oidc_tokens"}],"'
-    'type":"path"},"cache":{"default":true,"description":["Keep the tokens handed out in the cache and reuse them (see O('
-    'cache_dir)). When false, every evaluation decrypts the account, and refreshes unless the default token kept in the a'
-    'ccount is still valid."],"env":[{"name":"OIDC_TOKENS_CACHE"}],"ini":[{"key":"cache","section":"oidc_tokens"}],"type"'
-    ':"bool"},"cache_dir":{"description":["The directory of the cache, created with mode 0700; its files have mode 0600."'
-    ',"When not set, C($XDG_RUNTIME_DIR/oidc-tokens) if C(XDG_RUNTIME_DIR) is set (a tmpfs of the user on systemd systems'
-    '), else C(~/.cache/oidc-tokens) on a disk, and the lookup then warns each time it writes a token there.","Only the l'
-    'ookup\'s own option, the controller\'s environment or C(ansible.cfg) set it, never a host variable.","M(oidc.tokens.oi'
-    'dc_revoke) and M(oidc.tokens.oidc_account) run on the controller remove the cached tokens of the accounts they revok'
-    'e or remove from the default directory or C($OIDC_TOKENS_CACHE_DIR); a cache_dir set only in C(ansible.cfg) is not k'
-    'nown to them."],"env":[{"name":"OIDC_TOKENS_CACHE_DIR"}],"ini":[{"key":"cache_dir","section":"oidc_tokens"}],"type":'
-    '"path"},"client_id":{"description":["The confidential client registered with the provider. For an exchange, the clie'
-    'nt must be allowed the token-exchange grant. For an existing account, the client stored in the account is used; nami'
-    'ng another one is an error."],"env":[{"name":"OIDC_TOKENS_CLIENT_ID"}],"ini":[{"key":"client_id","section":"oidc_tok'
-    'ens"}],"type":"str"},"client_secret":{"description":["The client\'s secret. Keep it in Ansible Vault. For an existing'
-    ' account, defaults to the secret stored (encrypted) in the account."],"env":[{"name":"OIDC_TOKENS_CLIENT_SECRET"}],"'
-    'type":"str"},"config_dir":{"description":["The directory of the account files, shared with oidc-agent.","When not se'
-    't, C($OIDC_CONFIG_DIR), else C(~/.config/oidc-agent) of the user the task runs as.","The directory is kept at mode 0'
-    '700 and the files at 0600."],"env":[{"name":"OIDC_CONFIG_DIR"}],"ini":[{"key":"config_dir","section":"oidc_tokens"}]'
-    ',"type":"path"},"encryption_password":{"description":["The password the account file is encrypted with (oidc-agent\'s'
-    ' encryption password). Keep it in Ansible Vault.","Exactly one of O(encryption_password), O(encryption_password_file'
-    '), O(encryption_password_env) and O(encryption_password_command) is needed whenever an account is read or written. T'
-    'he password is never passed on a command line."],"env":[{"name":"OIDC_TOKENS_ENCRYPTION_PASSWORD"}],"type":"str","va'
-    'rs":[{"name":"oidc_tokens_encryption_password"}]},"encryption_password_command":{"description":["A command, run with'
-    "out a shell, whose standard output (without a final newline) is the password, for example a secret manager's client "
-    '(oidc-agent\'s C(--pw-cmd))."],"ini":[{"key":"encryption_password_command","section":"oidc_tokens"}],"type":"str"},"e'
-    'ncryption_password_env":{"description":["The name of an environment variable that holds the password, in the environ'
-    'ment of the module on the target or of the lookup on the controller.","On a remote host, Ansible\'s C(environment) ke'
-    "yword puts the value on the command line of the module's process, where other users of that host can read it in the "
-    'process list. There, prefer O(encryption_password) (from Ansible Vault), O(encryption_password_file) or O(encryption'
-    '_password_command)."],"ini":[{"key":"encryption_password_env","section":"oidc_tokens"}],"type":"str"},"encryption_pa'
-    'ssword_file":{"description":["A file whose content (without a final newline) is the password, on the host where the '
-    'plugin runs (the target for modules, the controller for the lookup)."],"env":[{"name":"OIDC_TOKENS_ENCRYPTION_PASSWO'
-    'RD_FILE"}],"ini":[{"key":"encryption_password_file","section":"oidc_tokens"}],"type":"path"},"force":{"default":fals'
-    'e,"description":["Refresh even if a cached or kept token is still valid (oidc-token\'s C(-f)); the new token replaces'
-    ' the cached one. Every host that evaluates the lookup with O(force) refreshes."],"type":"bool"},"issuer":{"aliases":'
-    '["issuer_url"],"description":["The OpenID provider\'s issuer URL, as its discovery document announces it (a trailing '
-    'slash or not makes no difference).","Discovery tries C(/.well-known/openid-configuration) and then RFC 8414 C(/.well'
-    '-known/oauth-authorization-server); a document that names another issuer is refused.","For an existing account, the '
-    "issuer stored in the account is used; naming another one is an error, so that an account's refresh token is never se"
-    'nt anywhere but its own issuer."],"env":[{"name":"OIDC_TOKENS_ISSUER"}],"ini":[{"key":"issuer","section":"oidc_token'
-    's"}],"type":"str"},"min_valid_period":{"default":60,"description":["Seconds the returned token must still be valid ('
-    'oidc-token\'s C(-t)). A cached or kept token with less time left is not used.","Keep it below the lifetime of the pro'
-    'vider\'s access tokens, or every call refreshes."],"env":[{"name":"OIDC_TOKENS_MIN_VALID_PERIOD"}],"ini":[{"key":"min'
-    '_valid_period","section":"oidc_tokens"}],"type":"int","vars":[{"name":"oidc_tokens_min_valid_period"}]},"query":{"de'
-    'scription":["A JMESPath expression applied to the dictionary C(access_token), C(expires_at), C(issuer), C(scope), C('
-    'claims); its result is returned instead of the access token.","For example C(expires_at), C(claims.sub) or C({token:'
-    ' access_token, until: expires_at}).","Needs the Python library jmespath on the controller."],"type":"str"},"resource'
-    '":{"description":["RFC 8707 resources for the token."],"elements":"str","type":"list"},"retries":{"default":3,"descr'
-    'iption":["How often a request is repeated after a connection error or an HTTP 5xx answer, with exponential backoff. '
-    '4xx answers are never repeated.","A request that spends a refresh token or a subject token is repeated only when it '
-    'cannot have reached the provider, because a provider with reuse detection revokes the whole grant when a spent refre'
-    'sh token comes back."],"env":[{"name":"OIDC_TOKENS_RETRIES"}],"ini":[{"key":"retries","section":"oidc_tokens"}],"typ'
-    'e":"int"},"scope":{"description":["Ask for a token with fewer scopes than the account holds (oidc-token\'s C(-s)). Un'
-    'like oidc-agent, the lookup caches such a token too, in an entry of its own. A scope the provider does not grant fai'
-    'ls the lookup."],"elements":"str","type":"list"},"timeout":{"default":10,"description":["Seconds to wait for the pro'
-    'vider to connect and to answer, per request."],"env":[{"name":"OIDC_TOKENS_TIMEOUT"}],"ini":[{"key":"timeout","secti'
-    'on":"oidc_tokens"}],"type":"int"},"validate_certs":{"default":true,"description":["Verify the provider\'s TLS certifi'
-    'cate. Turn off only for testing."],"env":[{"name":"OIDC_TOKENS_VALIDATE_CERTS"}],"ini":[{"key":"validate_certs","sec'
-    'tion":"oidc_tokens"}],"type":"bool"},"verify":{"default":true,"description":["When O(query) uses C(claims) (or the w'
-    "hole dictionary), check a JWT access token's signature against the provider's JWKS, its issuer and its expiry before"
-    ' its claims are returned. When false, the claims are only decoded. An opaque token has no claims. Without O(query) n'
-    'othing is verified."],"env":[{"name":"OIDC_TOKENS_VERIFY"}],"ini":[{"key":"verify","section":"oidc_tokens"}],"type":'
-    '"bool"}}'
+    '"type":"list"},"agent_socket":{"description":["The socket of the oidc-agent for O(source=agent). When not set, C($OI'
+    'DC_SOCK) of the controller, as C(eval \\"$(oidc-agent)\\") exports it.","It must be a UNIX socket owned by the control'
+    'ler user, and the agent behind it must run as that user.","Only the lookup\'s own option, the controller\'s environmen'
+    't or C(ansible.cfg) set it, never a host variable."],"env":[{"name":"OIDC_SOCK"}],"ini":[{"key":"agent_socket","sect'
+    'ion":"oidc_tokens"}],"type":"path"},"allow_insecure_http":{"default":false,"description":["Allow a plain C(http://) '
+    'issuer on a host that is not loopback. Tokens and the client secret would cross the network unencrypted."],"ini":[{"'
+    'key":"allow_insecure_http","section":"oidc_tokens"}],"type":"bool"},"audience":{"description":["Audiences for the to'
+    'ken (oidc-token\'s C(--aud), sent as C(audience))."],"elements":"str","type":"list"},"auth_method":{"choices":["clien'
+    't_secret_basic","client_secret_post"],"description":["How the client authenticates at the token, revocation and intr'
+    'ospection endpoints.","When not set, C(client_secret_basic) if the provider offers it, else C(client_secret_post)."]'
+    ',"ini":[{"key":"auth_method","section":"oidc_tokens"}],"type":"str"},"ca_path":{"description":["A CA bundle file to '
+    'verify the provider\'s TLS certificate with (oidc-agent\'s C(--cp)).","When not set, the system\'s trust store is used,'
+    ' or the file named by C(REQUESTS_CA_BUNDLE)."],"env":[{"name":"OIDC_TOKENS_CA_PATH"}],"ini":[{"key":"ca_path","secti'
+    'on":"oidc_tokens"}],"type":"path"},"cache":{"default":true,"description":["Keep the tokens handed out in the cache a'
+    'nd reuse them (see O(cache_dir)). When false, every evaluation decrypts the account, and refreshes unless the defaul'
+    't token kept in the account is still valid."],"env":[{"name":"OIDC_TOKENS_CACHE"}],"ini":[{"key":"cache","section":"'
+    'oidc_tokens"}],"type":"bool"},"cache_dir":{"description":["The directory of the cache, created with mode 0700; its f'
+    'iles have mode 0600.","When not set, C($XDG_RUNTIME_DIR/oidc-tokens) if C(XDG_RUNTIME_DIR) is set (a tmpfs of the us'
+    'er on systemd systems), else C(~/.cache/oidc-tokens) on a disk, and the lookup then warns each time it writes a toke'
+    'n there.","Only the lookup\'s own option, the controller\'s environment or C(ansible.cfg) set it, never a host variabl'
+    'e.","M(oidc.tokens.oidc_revoke) and M(oidc.tokens.oidc_account) run on the controller remove the cached tokens of th'
+    'e accounts they revoke or remove from the default directory or C($OIDC_TOKENS_CACHE_DIR); a cache_dir set only in C('
+    'ansible.cfg) is not known to them."],"env":[{"name":"OIDC_TOKENS_CACHE_DIR"}],"ini":[{"key":"cache_dir","section":"o'
+    'idc_tokens"}],"type":"path"},"client_id":{"description":["The confidential client registered with the provider. For '
+    'an exchange, the client must be allowed the token-exchange grant. For an existing account, the client stored in the '
+    'account is used; naming another one is an error."],"env":[{"name":"OIDC_TOKENS_CLIENT_ID"}],"ini":[{"key":"client_id'
+    '","section":"oidc_tokens"}],"type":"str"},"client_secret":{"description":["The client\'s secret. Keep it in Ansible V'
+    'ault. For an existing account, defaults to the secret stored (encrypted) in the account."],"env":[{"name":"OIDC_TOKE'
+    'NS_CLIENT_SECRET"}],"type":"str"},"config_dir":{"description":["The directory of the account files, shared with oidc'
+    '-agent.","When not set, C($OIDC_CONFIG_DIR), else C(~/.config/oidc-agent) of the user the task runs as.","The direct'
+    'ory is kept at mode 0700 and the files at 0600."],"env":[{"name":"OIDC_CONFIG_DIR"}],"ini":[{"key":"config_dir","sec'
+    'tion":"oidc_tokens"}],"type":"path"},"encryption_password":{"description":["The password the account file is encrypt'
+    'ed with (oidc-agent\'s encryption password). Keep it in Ansible Vault.","Exactly one of O(encryption_password), O(enc'
+    'ryption_password_file), O(encryption_password_env) and O(encryption_password_command) is needed whenever an account '
+    'is read or written. The password is never passed on a command line."],"env":[{"name":"OIDC_TOKENS_ENCRYPTION_PASSWOR'
+    'D"}],"type":"str","vars":[{"name":"oidc_tokens_encryption_password"}]},"encryption_password_command":{"description":'
+    '["A command, run without a shell, whose standard output (without a final newline) is the password, for example a sec'
+    'ret manager\'s client (oidc-agent\'s C(--pw-cmd))."],"ini":[{"key":"encryption_password_command","section":"oidc_token'
+    's"}],"type":"str"},"encryption_password_env":{"description":["The name of an environment variable that holds the pas'
+    'sword, in the environment of the module on the target or of the lookup on the controller.","On a remote host, Ansibl'
+    "e's C(environment) keyword puts the value on the command line of the module's process, where other users of that hos"
+    't can read it in the process list. There, prefer O(encryption_password) (from Ansible Vault), O(encryption_password_'
+    'file) or O(encryption_password_command)."],"ini":[{"key":"encryption_password_env","section":"oidc_tokens"}],"type":'
+    '"str"},"encryption_password_file":{"description":["A file whose content (without a final newline) is the password, o'
+    'n the host where the plugin runs (the target for modules, the controller for the lookup)."],"env":[{"name":"OIDC_TOK'
+    'ENS_ENCRYPTION_PASSWORD_FILE"}],"ini":[{"key":"encryption_password_file","section":"oidc_tokens"}],"type":"path"},"f'
+    'orce":{"default":false,"description":["Refresh even if a cached or kept token is still valid (oidc-token\'s C(-f)); t'
+    'he new token replaces the cached one. Every host that evaluates the lookup with O(force) refreshes."],"type":"bool"}'
+    ',"issuer":{"aliases":["issuer_url"],"description":["The OpenID provider\'s issuer URL, as its discovery document anno'
+    'unces it (a trailing slash or not makes no difference).","Discovery tries C(/.well-known/openid-configuration) and t'
+    'hen RFC 8414 C(/.well-known/oauth-authorization-server); a document that names another issuer is refused.","For an e'
+    "xisting account, the issuer stored in the account is used; naming another one is an error, so that an account's refr"
+    'esh token is never sent anywhere but its own issuer."],"env":[{"name":"OIDC_TOKENS_ISSUER"}],"ini":[{"key":"issuer",'
+    '"section":"oidc_tokens"}],"type":"str"},"min_valid_period":{"default":60,"description":["Seconds the returned token '
+    'must still be valid (oidc-token\'s C(-t)). A cached or kept token with less time left is not used.","Keep it below th'
+    'e lifetime of the provider\'s access tokens, or every call refreshes."],"env":[{"name":"OIDC_TOKENS_MIN_VALID_PERIOD"'
+    '}],"ini":[{"key":"min_valid_period","section":"oidc_tokens"}],"type":"int","vars":[{"name":"oidc_tokens_min_valid_pe'
+    'riod"}]},"query":{"description":["A JMESPath expression applied to the dictionary C(access_token), C(expires_at), C('
+    'issuer), C(scope), C(claims); its result is returned instead of the access token.","For example C(expires_at), C(cla'
+    'ims.sub) or C({token: access_token, until: expires_at}).","Needs the Python library jmespath on the controller."],"t'
+    'ype":"str"},"resource":{"description":["RFC 8707 resources for the token."],"elements":"str","type":"list"},"retries'
+    '":{"default":3,"description":["How often a request is repeated after a connection error or an HTTP 5xx answer, with '
+    'exponential backoff. 4xx answers are never repeated.","A request that spends a refresh token or a subject token is r'
+    'epeated only when it cannot have reached the provider, because a provider with reuse detection revokes the whole gra'
+    'nt when a spent refresh token comes back."],"env":[{"name":"OIDC_TOKENS_RETRIES"}],"ini":[{"key":"retries","section"'
+    ':"oidc_tokens"}],"type":"int"},"scope":{"description":["Ask for a token with fewer scopes than the account holds (oi'
+    "dc-token's C(-s)). Unlike oidc-agent, the lookup caches such a token too, in an entry of its own. A scope the provid"
+    'er does not grant fails the lookup."],"elements":"str","type":"list"},"source":{"choices":["store","agent"],"default'
+    '":"store","description":["Where the token comes from.","V(store), an account file in O(config_dir), decrypted with t'
+    'he encryption password, through the lookup\'s cache.","V(agent), the user\'s running oidc-agent at O(agent_socket) (C('
+    '$OIDC_SOCK)), for an account loaded in it (C(oidc-add ACCOUNT)). No account file is read or written and no encryptio'
+    'n password is needed; O(config_dir), the encryption password options, O(cache), O(cache_dir), O(resource), O(issuer)'
+    ', O(client_id), O(client_secret) and O(auth_method) are ignored. The token goes through no cache of the lookup (the '
+    "agent keeps the account's default token itself) and into no file. O(min_valid_period), O(scope), O(audience), O(forc"
+    'e) (oidc-token\'s C(-f)) and O(query) apply.","Only the lookup\'s own option sets it, never a host variable, the envir'
+    'onment or C(ansible.cfg)."],"type":"str"},"timeout":{"default":10,"description":["Seconds to wait for the provider t'
+    'o connect and to answer, per request."],"env":[{"name":"OIDC_TOKENS_TIMEOUT"}],"ini":[{"key":"timeout","section":"oi'
+    'dc_tokens"}],"type":"int"},"validate_certs":{"default":true,"description":["Verify the provider\'s TLS certificate. T'
+    'urn off only for testing."],"env":[{"name":"OIDC_TOKENS_VALIDATE_CERTS"}],"ini":[{"key":"validate_certs","section":"'
+    'oidc_tokens"}],"type":"bool"},"verify":{"default":true,"description":["When O(query) uses C(claims) (or the whole di'
+    "ctionary), check a JWT access token's signature against the provider's JWKS, its issuer and its expiry before its cl"
+    'aims are returned. When false, the claims are only decoded. An opaque token has no claims. Without O(query) nothing '
+    'is verified."],"env":[{"name":"OIDC_TOKENS_VERIFY"}],"ini":[{"key":"verify","section":"oidc_tokens"}],"type":"bool"}'
+    '}'
 )
 
 

@@ -14,6 +14,8 @@ replacing its grant.
 - ``replace_grant``: write an account over the one it replaces, under its lock, then revoke the refresh token
   it replaced; used by oidc_account and oidc_token_exchange.
 - ``remove_account``: oidc_account's state absent (revoke, then delete; check mode; force).
+- ``start_device_login`` and ``finish_device_login``: oidc_device_login's two runs (RFC 8628): the device
+  authorization, then the polling and the account kept like ``exchange_account`` keeps one.
 
 Internal to the oidc.tokens collection: no compatibility promise to anyone else.
 """
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import time
 from collections import namedtuple
 
+from ansible_collections.oidc.tokens.plugins.module_utils._agent import concurrent_use_warning
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
 from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, same_items, space_separated
 from ansible_collections.oidc.tokens.plugins.module_utils._lookup_cache_files import drop_account_entries
@@ -31,8 +35,8 @@ from ansible_collections.oidc.tokens.plugins.module_utils._oauth import Discover
 from ansible_collections.oidc.tokens.plugins.module_utils._options import (
     PASSWORD_SOURCES, account_client, encryption_password, oauth_client)
 from ansible_collections.oidc.tokens.plugins.module_utils._tokens import (
-    SAME_SESSION_NOTE, ShortRefreshTokenError, account_facts, account_is_usable, build_account, exchange,
-    lifetime_fields, revoke_account, same_session, short_refresh_token, stored_lifetime)
+    OFFLINE_ACCESS, SAME_SESSION_NOTE, NoRefreshTokenError, ShortRefreshTokenError, account_facts, account_is_usable,
+    build_account, exchange, lifetime_fields, revoke_account, same_session, short_refresh_token, stored_lifetime)
 
 # Our own fields in the account's oidc_tokens object, next to those _tokens.py keeps.
 META_RT_FINGERPRINT = 'refresh_token_given_sha256'   # SHA-256 of the token oidc_account was last given
@@ -364,6 +368,10 @@ def replace_grant(store, name, password, replacement, client_for, revoke=True, c
         return outcome
     if outcome['revoke']:
         outcome['warnings'].extend(_revoke_replaced(name, outcome['old'], outcome['new'], client_for))
+    if outcome['new'] is not None:
+        shared = concurrent_use_warning(getattr(store, 'config_dir', None), name)
+        if shared:
+            outcome['warnings'].append(shared)
     return outcome
 
 
@@ -386,19 +394,12 @@ def exchange_account(store, name, password, client, get, check_mode=False):
     exchanging client. Returns the module result: changed, exchanged, account (facts), diff, warnings.
     """
     path = store.path(name)
-    before = None
-    replace_reason = 'no account of that name exists'
-    if get('persist') and store.exists(name):
-        if get('force'):
-            replace_reason = 'force is set'
-            before = _facts_if_readable(store, name, password, path)
-        else:
-            existing = store.load(name, password)
-            before = account_facts(name, existing, path)
-            replace_reason = account_is_usable(existing, client.issuer, client.client_id)
-            if replace_reason is None:
-                return {'changed': False, 'exchanged': False, 'account': before,
-                        'diff': {'before': before, 'after': before}}
+    before, replace_reason = None, 'no account of that name exists'
+    if get('persist'):
+        before, replace_reason = _existing_is_usable(store, name, password, client, get, path)
+        if replace_reason is None:
+            return {'changed': False, 'exchanged': False, 'account': before,
+                    'diff': {'before': before, 'after': before}}
 
     result = {'changed': True, 'exchanged': True, 'msg': 'Exchanged because %s.' % replace_reason}
     if check_mode:
@@ -417,11 +418,7 @@ def exchange_account(store, name, password, client, get, check_mode=False):
                             token.refresh_token, token.scope or get('scope'), get('audience'),
                             get('resource'), get('lifetime'), ca_path=get('ca_path'),
                             auth_method=client.auth_method)
-    account.meta.update({'offline_access': token.offline_access_requested,
-                         'refresh_token_expires_at': token.refresh_token_expires_at})
-    if token.access_token and token.expires_at:
-        account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
-                             'access_token_scope': token.scope})
+    _granted(account, token, token.offline_access_requested)
     warnings = []
     short = short_refresh_token(name, account)
     if short and get('short_refresh_token') == 'fail':
@@ -433,14 +430,8 @@ def exchange_account(store, name, password, client, get, check_mode=False):
         warnings.append(short)
     if not get('persist'):
         result['refresh_token'] = token.refresh_token
-    elif store.exists(name):
-        # Readers never see the account missing; a failure to revoke the old token costs a warning, not the new
-        # account. Only with force can the old file be unreadable: then its token cannot be revoked.
-        replaced = replace_grant(store, name, password, lambda current: account,
-                                 lambda old: account_client(get, old), overwrite_unreadable=True)
-        warnings.extend(replaced['warnings'])
     else:
-        store.save(name, account, password)
+        warnings.extend(_keep(store, name, password, account, get))
     if get('return_access_token') and token.access_token:
         result['access_token'] = token.access_token
         result['expires_at'] = token.expires_at
@@ -448,6 +439,121 @@ def exchange_account(store, name, password, client, get, check_mode=False):
     result['diff'] = {'before': before or {}, 'after': result['account']}
     result['warnings'] = warnings
     return result
+
+
+def _granted(account, token, offline_access):
+    """What the token response tells the account: how it was asked for, when the refresh token dies, and the
+    access token that came with it (kept, encrypted, for the next access token request)."""
+    account.meta.update({'offline_access': offline_access, 'refresh_token_expires_at': token.refresh_token_expires_at})
+    if token.access_token and token.expires_at:
+        account.meta.update({'access_token': token.access_token, 'access_token_expires_at': token.expires_at,
+                             'access_token_scope': token.scope})
+
+
+def _keep(store, name, password, account, get):
+    """Write a new account, over the one of that name if there is one; returns the warnings."""
+    if not store.exists(name):
+        store.save(name, account, password)
+        return []
+    # Readers never see the account missing; a failure to revoke the old token costs a warning, not the new
+    # account. Only with force can the old file be unreadable: then its token cannot be revoked.
+    replaced = replace_grant(store, name, password, lambda current: account,
+                             lambda old: account_client(get, old), overwrite_unreadable=True)
+    return replaced['warnings']
+
+
+def _existing_is_usable(store, name, password, client, get, path):
+    """(facts before, why a new account is needed or None when the existing one is usable and force is not set)."""
+    if not store.exists(name):
+        return None, 'no account of that name exists'
+    if get('force'):
+        return _facts_if_readable(store, name, password, path), 'force is set'
+    existing = store.load(name, password)
+    return account_facts(name, existing, path), account_is_usable(existing, client.issuer, client.client_id)
+
+
+# -- the device flow (RFC 8628) -----------------------------------------------------------------------------
+
+def device_login_scope(scope):
+    """The scope a device login asks for: the given one (openid when none) with offline_access."""
+    scope = as_list(scope) or ['openid']
+    return scope if OFFLINE_ACCESS in scope else scope + [OFFLINE_ACCESS]
+
+
+def start_device_login(store, name, password, client, get, check_mode=False, now=None):
+    """oidc_device_login's first run: unless account ``name`` exists and is usable (``get('force')`` false), start
+    a device authorization (RFC 8628 §3.1) for ``device_login_scope(get('scope'))``.
+
+    Returns the module result: ``changed``, ``account`` (the facts before, or planned), ``diff``, ``msg``; when a
+    login started, also ``device_login`` (``user_code``, ``verification_uri``, ``verification_uri_complete``,
+    ``expires_in``, ``interval``, ``deadline``: epoch seconds when the polling ends, the code's expiry or
+    ``get('login_timeout')`` seconds from now, whichever comes first) and ``device_code``, the secret the second
+    run polls with. In check mode no request is made.
+    """
+    path = store.path(name)
+    before, reason = _existing_is_usable(store, name, password, client, get, path)
+    if reason is None:
+        return {'changed': False, 'logged_in': False, 'account': before, 'diff': {'before': before, 'after': before},
+                'msg': 'Account %r exists and is usable; no login needed (force: true logs in again).' % name}
+    scope = device_login_scope(get('scope'))
+    if check_mode:
+        planned = build_account(name, get('issuer'), client.client_id, None, None, scope, lifetime=get('lifetime'),
+                                source='device_flow', ca_path=get('ca_path'))
+        facts = account_facts(name, planned, path)
+        return {'changed': True, 'logged_in': True, 'account': facts, 'diff': {'before': before or {}, 'after': facts},
+                'msg': 'A device login at %s would start because %s: the user would be shown a verification URI and '
+                       'a user code, and account %r written once the user approved.' % (client.issuer, reason, name)}
+    authorization = client.device_authorization(scope=scope)
+    now = time.time() if now is None else now
+    deadline = authorization.expires_at
+    if get('login_timeout'):
+        deadline = min(deadline, int(now + get('login_timeout')))
+    return {
+        'changed': False,
+        'account': before or {},
+        'msg': 'Device login started because %s.' % reason,
+        'device_login': {
+            'user_code': authorization.user_code,
+            'verification_uri': authorization.verification_uri,
+            'verification_uri_complete': authorization.verification_uri_complete,
+            'expires_in': authorization.expires_in,
+            'interval': authorization.interval,
+            'deadline': deadline,
+        },
+        'device_code': authorization.device_code,
+    }
+
+
+def finish_device_login(store, name, password, client, get):
+    """oidc_device_login's second run: poll with ``get('device_code')`` every ``get('device_interval')`` seconds
+    until ``get('device_deadline')``, and keep the refresh token as account ``name``, made and stored the way
+    ``exchange_account`` makes and stores one (an existing account is replaced and its refresh token revoked).
+
+    Raises DeviceFlowError (denied, expired, timed out) or NoRefreshTokenError; nothing is written then.
+    Returns the module result: changed, account (facts, no secret), diff, msg, warnings.
+    """
+    path = store.path(name)
+    before = _facts_if_readable(store, name, password, path) if store.exists(name) else None
+    scope = device_login_scope(get('scope'))
+    token = client.poll_device_token(get('device_code'), get('device_interval'), get('device_deadline'))
+    if not token.refresh_token:
+        raise NoRefreshTokenError(
+            'The provider %s answered the device login without a refresh token (scope %r). The client %s must be '
+            'allowed the refresh_token grant, and the offline_access scope that was asked for.'
+            % (client.issuer, token.scope, client.client_id))
+    account = build_account(name, client.announced_issuer, client.client_id, get('client_secret'),
+                            token.refresh_token, token.scope or scope, lifetime=get('lifetime'),
+                            source='device_flow', ca_path=get('ca_path'),
+                            auth_method=client.auth_method if get('client_secret') else None)
+    _granted(account, token, True)
+    warnings = []
+    short = short_refresh_token(name, account)
+    if short:
+        warnings.append(short)
+    warnings.extend(_keep(store, name, password, account, get))
+    facts = account_facts(name, account, path)
+    return {'changed': True, 'logged_in': True, 'account': facts, 'diff': {'before': before or {}, 'after': facts},
+            'msg': 'The user approved the device login; account %r was written.' % name, 'warnings': warnings}
 
 
 def _facts_if_readable(store, name, password, path):

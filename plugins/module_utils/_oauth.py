@@ -4,7 +4,7 @@
 """The collection's only OAuth 2.0 / OpenID Connect client.
 
 Discovery (OIDC and RFC 8414), token exchange (RFC 8693), refresh, revocation (RFC 7009),
-introspection (RFC 7662) and the provider's JWKS over HTTP. Modules, the lookup and the on-host
+introspection (RFC 7662), the device authorization grant (RFC 8628) and the provider's JWKS over HTTP. Modules, the lookup and the on-host
 refresher all use this file; nothing else in the collection builds an HTTP request. JWTs are
 decoded and verified in _jwt.py.
 
@@ -31,6 +31,7 @@ from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list,
 
 
 TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange'
+DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code'
 TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
 TOKEN_TYPE_REFRESH = 'urn:ietf:params:oauth:token-type:refresh_token'
 TOKEN_TYPE_ID = 'urn:ietf:params:oauth:token-type:id_token'
@@ -63,7 +64,14 @@ class InsecureTransportError(OAuthError):
 
 
 class TransportError(OAuthError):
-    """The provider could not be reached, or did not answer in time, after the allowed retries."""
+    """The provider could not be reached, or did not answer in time, after the allowed retries.
+
+    ``passing``: whether asking again later may work (a connection or timeout problem), not a TLS failure or a
+    request that cannot be sent at all."""
+
+    def __init__(self, message, passing=True):
+        super(TransportError, self).__init__(message)
+        self.passing = passing
 
 
 class ResponseError(OAuthError):
@@ -88,6 +96,16 @@ class ProviderError(OAuthError):
         """The provider did not accept the client's credentials or their method: invalid_client (RFC 6749
         §5.2), or the HTTP 401 unauthorized_client that Keycloak answers instead."""
         return self.error == 'invalid_client' or (self.error == 'unauthorized_client' and self.status == 401)
+
+
+class DeviceFlowError(OAuthError):
+    """The device authorization grant ended without tokens: ``reason`` is 'access_denied' (the user said no),
+    'expired_token' (the provider says the device code expired) or 'timeout' (the client gave up at the code's
+    expiry or at the caller's limit)."""
+
+    def __init__(self, message, reason):
+        super(DeviceFlowError, self).__init__(message)
+        self.reason = reason
 
 
 class DiscoveryError(OAuthError):
@@ -209,6 +227,62 @@ class TokenResponse(object):
                 'issued_token_type=%r)' % ('<set>' if self.access_token else None,
                                            '<set>' if self.refresh_token else None,
                                            self.token_type, self.expires_in, self.scope, self.issued_token_type))
+
+
+class DeviceAuthorization(object):
+    """A device authorization answer (RFC 8628 §3.2). Its repr shows no device code.
+
+    ``device_code`` is the secret the client polls with; ``user_code``, ``verification_uri`` and
+    ``verification_uri_complete`` (None when the provider sends none) are for the user; ``expires_in`` and
+    ``interval`` (5 when the provider says nothing, §3.2) are seconds; ``received_at`` epoch seconds.
+    """
+
+    def __init__(self, device_code, user_code, verification_uri, expires_in, verification_uri_complete=None,
+                 interval=None, received_at=None):
+        self.device_code = device_code
+        self.user_code = user_code
+        self.verification_uri = verification_uri
+        self.verification_uri_complete = verification_uri_complete
+        self.expires_in = expires_in
+        self.interval = DEFAULT_DEVICE_INTERVAL if interval is None else interval
+        self.received_at = received_at if received_at is not None else time.time()
+
+    @property
+    def expires_at(self):
+        return int(self.received_at + self.expires_in)
+
+    @classmethod
+    def from_json(cls, data, issuer, received_at=None):
+        def text(key, required=True):
+            value = data.get(key)
+            if value is None and not required:
+                return None
+            if not isinstance(value, str) or not value:
+                raise ResponseError('The device authorization answer of %s has no %s.' % (issuer, key))
+            return value
+
+        expires_in, interval = _seconds(data, 'expires_in'), _seconds(data, 'interval')
+        if not expires_in or expires_in < 1:
+            raise ResponseError('The device authorization answer of %s has no positive expires_in.' % issuer)
+        if interval is not None and interval < 1:
+            interval = 1
+        # Shown to a person, never requested here: only http(s) addresses are shown.
+        uris = [text('verification_uri'), text('verification_uri_complete', required=False)]
+        for uri in uris:
+            if uri is not None and urlsplit(uri).scheme not in ('http', 'https'):
+                raise ResponseError('The device authorization answer of %s names a verification URI that is not '
+                                    'http(s).' % issuer)
+        return cls(text('device_code'), text('user_code'), uris[0], expires_in, verification_uri_complete=uris[1],
+                   interval=interval, received_at=received_at)
+
+    def __repr__(self):
+        return ('DeviceAuthorization(device_code=<set>, user_code=%r, verification_uri=%r, expires_in=%r, interval=%r)'
+                % (self.user_code, self.verification_uri, self.expires_in, self.interval))
+
+
+# RFC 8628 §3.2: the interval when the provider gives none; §3.5: what slow_down adds to it.
+DEFAULT_DEVICE_INTERVAL = 5
+SLOW_DOWN_SECONDS = 5
 
 
 def _seconds(data, key):
@@ -381,6 +455,74 @@ class OAuthClient(object):
             raise ResponseError('The introspection answer of %s has no boolean "active".' % self.issuer)
         return data
 
+    def device_authorization(self, scope=None, resource=None):
+        """RFC 8628 §3.1: start a device authorization; returns a DeviceAuthorization.
+
+        The client authenticates as at the token endpoint (a public client sends its client_id). Asking again
+        spends nothing, so a failed request is retried like a read.
+        """
+        form = []
+        scope = space_separated(scope)
+        if scope:
+            form.append(('scope', scope))
+        form.extend(('resource', r) for r in as_list(resource))
+        data = self._request_json('POST', self.endpoint('device_authorization_endpoint'), form=form,
+                                  authenticate=True, idempotent=True, what='device authorization')
+        return DeviceAuthorization.from_json(data, self.issuer)
+
+    def device_token(self, device_code):
+        """One poll of the token endpoint with the device code (RFC 8628 §3.4): a TokenResponse, or the
+        ProviderError the provider answered (authorization_pending, slow_down, access_denied, expired_token ...).
+
+        A successful answer consumes the device code, so a poll is never repeated once it may have reached the
+        provider (like a refresh)."""
+        if not device_code:
+            raise OAuthError('No device code was given.')
+        return self._token_request([('grant_type', DEVICE_CODE_GRANT), ('device_code', device_code)],
+                                   what='device token request')
+
+    def poll_device_token(self, device_code, interval, deadline, sleep=time.sleep, clock=time.time):
+        """Poll for the tokens of a device authorization until the user approves (a TokenResponse), denies, or the
+        time is up (DeviceFlowError).
+
+        ``interval``: the provider's polling interval in seconds; every slow_down adds 5 seconds to it for this
+        and all later polls, and a poll that failed on the way (connection, timeout) doubles it (RFC 8628 §3.5).
+        ``deadline``: epoch seconds (``clock``) after which no poll is made, at the latest the device code's
+        expiry. A poll is made only when the whole interval fits before it.
+        """
+        interval = max(1, int(interval))
+        lost = None
+        while True:
+            if clock() + interval > deadline:
+                raise DeviceFlowError(
+                    'Nobody approved the device login at %s in time: the wait ended at %s (the user code\'s expiry or '
+                    'the limit that was set), so the user code is no longer polled.%s'
+                    % (self.issuer, _utc(deadline), ' The last poll failed: %s' % lost if lost else ''), 'timeout')
+            sleep(interval)
+            try:
+                return self.device_token(device_code)
+            except TransportError as exc:
+                # A poll lost on the way: poll less often (§3.5). Had the provider answered it with the tokens,
+                # the next poll says the device code is spent (invalid_grant), and nothing is kept.
+                if not exc.passing:
+                    raise
+                lost = exc
+                interval *= 2
+                continue
+            except ProviderError as exc:
+                if exc.error == 'authorization_pending':
+                    continue
+                if exc.error == 'slow_down':
+                    interval += SLOW_DOWN_SECONDS
+                    continue
+                if exc.error == 'access_denied':
+                    raise DeviceFlowError('The user denied the device login at %s (access_denied): no token was '
+                                          'issued.' % self.issuer, 'access_denied')
+                if exc.error == 'expired_token':
+                    raise DeviceFlowError('The user code of the device login at %s expired before anybody approved it '
+                                          '(expired_token). Start the login again.' % self.issuer, 'expired_token')
+                raise
+
     def jwks(self):
         """The provider's JSON Web Key Set (fetched on every call: keys rotate)."""
         data = self._request_json('GET', self.endpoint('jwks_uri'), idempotent=True, what='JWKS download')
@@ -480,7 +622,7 @@ class OAuthClient(object):
             except requests.exceptions.SSLError as exc:
                 raise TransportError('TLS verification of %s failed for the %s: %s. Set ca_path to the CA bundle '
                                      'that signed the provider, or validate_certs=false only for testing.'
-                                     % (url, what, _short_reason(exc)))
+                                     % (url, what, _short_reason(exc)), passing=False)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
                 reached = not _is_connect_failure(exc)
@@ -492,7 +634,7 @@ class OAuthClient(object):
                     raise TransportError('The %s at %s failed after %d attempt(s): %s.%s'
                                          % (what, url, attempt, _short_reason(exc), hint))
             except requests.exceptions.RequestException as exc:
-                raise TransportError('The %s at %s failed: %s.' % (what, url, _short_reason(exc)))
+                raise TransportError('The %s at %s failed: %s.' % (what, url, _short_reason(exc)), passing=False)
             delay = self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
             time.sleep(min(retry_after if retry_after is not None else delay, 30))
 
@@ -547,6 +689,10 @@ class OAuthClient(object):
                                 'auth_method against its registration',)
             raise refusal
         return data
+
+
+def _utc(epoch):
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(epoch))
 
 
 def _retry_after_seconds(response):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 
 from ansible_collections.oidc.tokens.plugins.module_utils._errors import OidcTokensError
+from ansible_collections.oidc.tokens.plugins.module_utils._agent import concurrent_use_warning
 from ansible_collections.oidc.tokens.plugins.module_utils._jwt import jwt_claims
 from ansible_collections.oidc.tokens.plugins.module_utils._lists import as_list, space_separated
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import (
@@ -358,6 +359,9 @@ def access_token(store, name, password, client_for, min_valid_period=0, scope=No
         drop_account_entries(store.config_dir, name)
     if isinstance(result, OidcTokensError):
         raise result
+    shared = concurrent_use_warning(getattr(store, 'config_dir', None), name)
+    if shared:
+        result['warnings'] = list(result.get('warnings') or []) + [shared]
     # A kept token's claims are checked after the lock is released: no JWKS download holds up other workers.
     if claims and not result['claims'] and jwt_claims(result['access_token']) is not None:
         result['claims'] = (client_for(account).verify_jwt(result['access_token'], audience=audience or None)
@@ -470,4 +474,7 @@ def revoke_account(store, name, password, client_for, remove=True, force=False):
         result['removed'] = result['changed'] = store.delete(name)
     # The lookup's cached access tokens of the account go with it (on the controller; elsewhere there are none).
     drop_account_entries(store.config_dir, name)
+    shared = concurrent_use_warning(getattr(store, 'config_dir', None), name)
+    if shared:
+        result['warnings'].append(shared)
     return result

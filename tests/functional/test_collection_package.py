@@ -40,7 +40,7 @@ def test_installed_collection_lists_and_documents_its_modules(built_collection):
     assert listing.returncode == 0, listing.stderr
     modules = json.loads(listing.stdout)
     assert sorted(modules) == ['oidc.tokens.%s' % name for name in (
-        'oidc_account', 'oidc_account_info', 'oidc_job_record', 'oidc_refresher', 'oidc_refresher_info', 'oidc_revoke',
+        'oidc_account', 'oidc_account_info', 'oidc_device_login', 'oidc_job_record', 'oidc_refresher', 'oidc_refresher_info', 'oidc_revoke',
         'oidc_token', 'oidc_token_exchange')]
     lookups = run_ansible([tool('ansible-doc'), '-t', 'lookup', '-l', 'oidc.tokens', '--json'], collections)
     assert list(json.loads(lookups.stdout)) == ['oidc.tokens.oidc_token']

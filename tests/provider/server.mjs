@@ -6,7 +6,15 @@
 //                   [--access-token-format opaque|jwt] [--at-ttl SECONDS] [--rt-ttl SECONDS]
 //                   [--user-at-ttl SECONDS]
 //                   [--exchange-shape common|strict|indigo] [--discovery openid|oauth]
+//                   [--device-code-ttl SECONDS] [--device-interval SECONDS] [--device-slow-down N]
 //                   [--config config.json] [--exit-on-stdin-close]
+//
+// The device flow (RFC 8628) is on: node-oidc-provider's user-code pages, then this server's own login and
+// consent pages (interactions.mjs). node-oidc-provider neither announces a polling interval nor answers
+// slow_down, so this server does both: the device authorization answer carries `interval`
+// (--device-interval, 5 by default), a poll sooner than the interval after the previous one is answered slow_down
+// and the interval grows by 5 seconds (RFC 8628 section 3.5), and --device-slow-down N answers the first N polls
+// of every device code with slow_down whatever their timing. /_test/stats lists every device code's polls.
 //
 // When it listens it prints exactly one line to stdout: READY {"issuer": ..., "port": ..., ...}.
 // Everything else goes to stderr. SIGTERM / SIGINT stop it.
@@ -50,6 +58,9 @@ try {
       'ci-audience': { type: 'string' },
       'ci-scope': { type: 'string', default: 'openid offline_access compute.read storage.read:/' },
       'ci-jti-max-uses': { type: 'string', default: '0' },
+      'device-code-ttl': { type: 'string', default: '600' },
+      'device-interval': { type: 'string', default: '5' },
+      'device-slow-down': { type: 'string', default: '0' },
       config: { type: 'string', default: path.join(HERE, 'config.json') },
       'exit-on-stdin-close': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -64,7 +75,7 @@ if (args.help) {
   process.stderr.write(`usage: node server.mjs [--port N] [--host H] [--issuer-host H | --issuer URL] [--tls-cert F --tls-key F]
   [--access-token-format opaque|jwt] [--at-ttl S] [--rt-ttl S] [--user-at-ttl S] [--exchange-shape common|strict|indigo]
   [--discovery openid|oauth] [--trusted-ci-issuer ISSUER=JWKS_PATH --ci-audience AUD [--ci-scope S] [--ci-jti-max-uses N]]
-  [--config FILE] [--exit-on-stdin-close]\n`);
+  [--device-code-ttl S] [--device-interval S] [--device-slow-down N] [--config FILE] [--exit-on-stdin-close]\n`);
   process.exit(0);
 }
 
@@ -102,6 +113,10 @@ if (args.issuer) {
     fail('--issuer must be an http(s) URL without query or fragment');
   }
 }
+const deviceCodeTtl = positiveInt('device-code-ttl');
+const deviceInterval = positiveInt('device-interval');
+const deviceSlowDown = Number(args['device-slow-down']);
+if (!Number.isInteger(deviceSlowDown) || deviceSlowDown < 0) fail('--device-slow-down must be 0 or a positive integer');
 const ciJtiMaxUses = Number(args['ci-jti-max-uses']);
 if (!Number.isInteger(ciJtiMaxUses) || ciJtiMaxUses < 0) fail('--ci-jti-max-uses must be 0 (no limit) or a positive integer');
 // Trusted CI issuers: ISSUER=JWKS_PATH, the issuer's public keys read once from a JWKS file.
@@ -143,6 +158,7 @@ try {
 const { default: Provider } = await import('oidc-provider');
 const { createAdapterFactory } = await import('./adapter.mjs');
 const { registerGrants } = await import('./grants.mjs');
+const { interactionsMiddleware } = await import('./interactions.mjs');
 
 // -- listen first, so that the issuer can carry the real port ------------------------------------
 
@@ -260,6 +276,8 @@ const provider = new Provider(issuer, {
   clockTolerance: 0,
   features: {
     devInteractions: { enabled: false },
+    // RFC 8628; the user logs in on interactions.mjs's pages.
+    deviceFlow: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
     userinfo: { enabled: true },
@@ -285,6 +303,10 @@ const provider = new Provider(issuer, {
     IdToken: 3600,
     Session: 3600,
     Interaction: 600,
+    DeviceCode: deviceCodeTtl,
+  },
+  interactions: {
+    url: async (ctx, interaction) => `/interaction/${interaction.uid}`,
   },
   extraTokenClaims: async (ctx, token) => {
     if (ctx?.oidcTestActClaim && token.kind === 'AccessToken') {
@@ -332,6 +354,8 @@ function emptyStats() {
     introspection: { requests: 0, succeeded: 0, failed: 0, active: 0 },
     discovery: { requests: 0, not_found: 0 },
     jwks: { requests: 0 },
+    // user_code -> {device_code, client_id, issued_at, interval (now), polls: [{at, answer, forced}]}; times in ms
+    device: {},
   };
 }
 let stats = emptyStats();
@@ -411,6 +435,69 @@ async function enforceRegisteredAuthMethod(ctx) {
     return { refused: true, grantType: form.get('grant_type') || undefined };
   }
   return { refused: false };
+}
+
+// -- device flow: the polling interval and slow_down (RFC 8628 section 3.5) ---------------------------
+
+const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+// A poll up to this much sooner than the interval still counts as on time (timers and the network jitter).
+const POLL_TOLERANCE_MS = 250;
+const deviceCodes = new Map(); // device_code -> its entry in stats.device
+
+function recordDeviceAuthorization(ctx) {
+  const body = ctx.body;
+  if (ctx.status !== 200 || !body || typeof body.device_code !== 'string') return;
+  body.interval = deviceInterval;
+  const entry = {
+    device_code: body.device_code,
+    client_id: ctx.oidc?.client?.clientId,
+    issued_at: Date.now(),
+    expires_in: body.expires_in,
+    interval: deviceInterval,
+    forced_left: deviceSlowDown,
+    polls: [],
+  };
+  stats.device[body.user_code] = entry;
+  deviceCodes.set(body.device_code, entry);
+}
+
+// The form of a POST /token, read once (node-oidc-provider parses an already-read body from req.body).
+async function tokenForm(ctx) {
+  if (ctx.method !== 'POST' || ctx.path !== '/token' || !ctx.is('application/x-www-form-urlencoded')) return undefined;
+  if (ctx.req.body === undefined) ctx.req.body = await readRawBody(ctx.req);
+  return new URLSearchParams(ctx.req.body.toString('utf8'));
+}
+
+// Answers slow_down itself (returns true) when the poll is forced to slow down or came too soon;
+// otherwise records the poll and returns it, for its answer to be filled in after node-oidc-provider's.
+async function gateDevicePoll(ctx) {
+  let form;
+  try {
+    form = await tokenForm(ctx);
+  } catch (err) {
+    sendJson(ctx, 400, { error: 'invalid_request', error_description: err.message });
+    return { answered: true };
+  }
+  const entry = form?.get('grant_type') === DEVICE_CODE_GRANT && deviceCodes.get(form.get('device_code'));
+  if (!entry) return { answered: false };
+  const now = Date.now();
+  const last = entry.polls.length ? entry.polls[entry.polls.length - 1].at : entry.issued_at;
+  const poll = { at: now, since_last_ms: now - last, answer: undefined, forced: false };
+  entry.polls.push(poll);
+  const forced = entry.forced_left > 0;
+  // RFC 8628 asks for the interval between polls; the first poll may come at once.
+  const early = entry.polls.length > 1 && now - last < entry.interval * 1000 - POLL_TOLERANCE_MS;
+  if (forced || early) {
+    if (forced) entry.forced_left -= 1;
+    entry.interval += 5;
+    Object.assign(poll, { answer: 'slow_down', forced });
+    sendJson(ctx, 400, {
+      error: 'slow_down',
+      error_description: `poll at most every ${entry.interval} seconds`,
+    });
+    return { answered: true };
+  }
+  return { answered: false, poll };
 }
 
 const ROUTE_BY_PATH = {
@@ -495,7 +582,20 @@ provider.use(async (ctx, next) => {
     return undefined;
   }
 
+  const devicePoll = await gateDevicePoll(ctx);
+  if (devicePoll.answered) {
+    count('token', { ok: false, body: ctx.body, grantType: DEVICE_CODE_GRANT });
+    log(ctx, 'token', DEVICE_CODE_GRANT);
+    return undefined;
+  }
+
   await next();
+
+  if (ctx.oidc?.route === 'device_authorization') recordDeviceAuthorization(ctx);
+  if (devicePoll.poll) {
+    const answer = ctx.body && typeof ctx.body === 'object' ? ctx.body : {};
+    devicePoll.poll.answer = answer.error || (ctx.status === 200 ? 'tokens' : `http_${ctx.status}`);
+  }
 
   const route = ctx.oidc?.route;
   const ok = ctx.status >= 200 && ctx.status < 300;
@@ -511,6 +611,8 @@ provider.use(async (ctx, next) => {
   log(ctx, route, grantType);
   return undefined;
 });
+
+provider.use(interactionsMiddleware(provider, users));
 
 handler = provider.callback();
 
@@ -546,6 +648,9 @@ const ready = {
   at_ttl: atTtl,
   rt_ttl: rtTtl,
   user_at_ttl: userAtTtl,
+  device_code_ttl: deviceCodeTtl,
+  device_interval: deviceInterval,
+  device_slow_down: deviceSlowDown,
   trusted_ci_issuers: [...ciIssuers.keys()],
   ci_audience: args['ci-audience'] || null,
   oidc_provider_version: JSON.parse(fs.readFileSync(path.join(HERE, 'node_modules', 'oidc-provider', 'package.json'), 'utf8')).version,

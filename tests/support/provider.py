@@ -271,7 +271,7 @@ class Provider(LocalOpenIDServer):
                  exchange_shape='common', discovery='openid', issuer_host=None, workdir=None,
                  issuer=None, config=None, port=0, host='127.0.0.1',
                  startup_timeout=STARTUP_TIMEOUT, trusted_ci_issuers=None, ci_audience=None, ci_scope=None,
-                 ci_jti_max_uses=0):
+                 ci_jti_max_uses=0, device_code_ttl=600, device_interval=5, device_slow_down=0):
         if access_token_format not in ('opaque', 'jwt'):
             raise ValueError('access_token_format must be opaque or jwt')
         if exchange_shape not in ('common', 'strict', 'indigo'):
@@ -302,6 +302,11 @@ class Provider(LocalOpenIDServer):
         self.ci_audience = ci_audience
         self.ci_scope = ci_scope
         self.ci_jti_max_uses = int(ci_jti_max_uses)
+        # The device flow (RFC 8628): the device code's lifetime, the polling interval the provider announces, and
+        # how many of each device code's first polls are answered slow_down whatever their timing.
+        self.device_code_ttl = int(device_code_ttl)
+        self.device_interval = int(device_interval)
+        self.device_slow_down = int(device_slow_down)
         self.workdir = workdir
         self._own_workdir = False
         self.process = None
@@ -328,6 +333,8 @@ class Provider(LocalOpenIDServer):
                '--access-token-format', self.access_token_format,
                '--at-ttl', str(self.at_ttl), '--rt-ttl', str(self.rt_ttl), '--user-at-ttl', str(self.user_at_ttl),
                '--exchange-shape', self.exchange_shape, '--discovery', self.discovery,
+               '--device-code-ttl', str(self.device_code_ttl), '--device-interval', str(self.device_interval),
+               '--device-slow-down', str(self.device_slow_down),
                '--config', self.config_path]
         if self.requested_issuer:
             cmd += ['--issuer', self.requested_issuer]
@@ -553,6 +560,13 @@ class Provider(LocalOpenIDServer):
             raise ProviderError('refresh refused: HTTP %s %s' % (response.status_code, response.text[:300]))
         return response.json()
 
+    def device_codes(self):
+        """The device codes issued since the start (or the last reset_stats), by user code: {'device_code',
+        'client_id', 'issued_at', 'expires_in', 'interval' (as it is now, slow_downs included), 'polls': [{'at',
+        'since_last_ms', 'answer' ('authorization_pending', 'slow_down', 'tokens', ...), 'forced'}]}; times in
+        milliseconds since the epoch."""
+        return self.stats()['device']
+
     def reset_stats(self):
         response = self.session.post(self.url + '/_test/reset-stats', timeout=10)
         response.raise_for_status()
@@ -573,6 +587,8 @@ class Provider(LocalOpenIDServer):
             'at_ttl': self.at_ttl,
             'rt_ttl': self.rt_ttl,
             'user_at_ttl': self.user_at_ttl,
+            'device_code_ttl': self.device_code_ttl,
+            'device_interval': self.device_interval,
             'token_endpoint': self.token_endpoint if self.url else None,
             'log': self.log_path if self.workdir else None,
             'clients': self.clients(),
@@ -634,6 +650,7 @@ def _cli_start(args):
         tls=args.tls, access_token_format=args.access_token_format, at_ttl=args.at_ttl,
         rt_ttl=args.rt_ttl, user_at_ttl=args.user_at_ttl, exchange_shape=args.exchange_shape, discovery=args.discovery,
         issuer_host=args.issuer_host, issuer=args.issuer, config=args.config, port=args.port,
+        device_code_ttl=args.device_code_ttl, device_interval=args.device_interval, device_slow_down=args.device_slow_down,
         workdir=state_dir)
     try:
         provider.start(detach=True)
@@ -721,6 +738,10 @@ def main(argv=None):
     start.add_argument('--issuer', help='complete issuer URL (e.g. a proxy in front of the provider)')
     start.add_argument('--port', type=int, default=0)
     start.add_argument('--config', help='users and clients (default tests/provider/config.json)')
+    start.add_argument('--device-code-ttl', type=int, default=600, help='seconds a device code (and its user code) lives')
+    start.add_argument('--device-interval', type=int, default=5, help='the polling interval the device flow announces')
+    start.add_argument('--device-slow-down', type=int, default=0,
+                       help='answer the first N polls of every device code with slow_down')
     stop = sub.add_parser('stop', help='stop the provider started from STATE_DIR')
     stop.add_argument('--state-dir', required=True)
     user_token = sub.add_parser('user-token', help="print a user's access token (to stdout, for $(...))")

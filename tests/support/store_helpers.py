@@ -63,8 +63,9 @@ class OidcAgent(object):
     goes into $OIDC_ENCRYPTION_PW (use ``--pw-env`` in args), never onto the command line.
     """
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, autoload=False):
         self.workdir = str(workdir)
+        self.autoload = autoload
         self.home = os.path.join(self.workdir, 'home')
         self.config_dir = os.path.join(self.workdir, 'oidc-config')
         self.socket_dir = os.path.join(self.workdir, 'sock-XXXXXX')
@@ -83,8 +84,8 @@ class OidcAgent(object):
 
     def start(self):
         os.makedirs(self.config_dir, mode=0o700, exist_ok=True)
-        proc = subprocess.run(['oidc-agent', '--json', '--no-autoload',
-                               '--socket-path=' + os.path.join(self.socket_dir, 'oidc-agent.sock')],
+        proc = subprocess.run(['oidc-agent', '--json'] + ([] if self.autoload else ['--no-autoload']) +
+                              ['--socket-path=' + os.path.join(self.socket_dir, 'oidc-agent.sock')],
                               env=self.base_env(), stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
                               check=False)
@@ -94,7 +95,48 @@ class OidcAgent(object):
         info = json.loads(proc.stdout.decode())
         self.socket = info['socket']
         self.pid = int(info['dpid'])
+        # The agent prints its socket before its daemon has bound it.
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.socket) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self
+
+    def run_with_tty(self, args, answers, timeout=30):
+        """Run an oidc-agent tool on a terminal of its own and answer its prompts (lines ending with ':') with
+        ``answers`` in turn: ``oidc-add --lock`` / ``--unlock`` read their password only from a terminal in 4.2.6.
+        Returns (exit status, what it printed)."""
+        import pty
+        import re
+        import select
+        pid, fd = pty.fork()
+        if pid == 0:   # the child: exec at once, nothing else
+            try:
+                os.execvpe(args[0], list(args), self.base_env())
+            finally:
+                os._exit(127)
+        out, answers = b'', list(answers)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                ready = select.select([fd], [], [], 0.2)[0]
+                if not ready:
+                    continue
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:   # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if answers and re.sub(rb'\x1b\[[0-9;]*m', b'', out).rstrip().endswith(b':'):
+                    os.write(fd, answers.pop(0).encode() + b'\n')
+                    out += b'\n'
+        finally:
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        status = os.waitpid(pid, 0)[1]
+        return os.waitstatus_to_exitcode(status), re.sub(rb'\x1b\[[0-9;]*m', b'', out).decode('utf-8', 'replace')
 
     def run(self, args, password=None, env=None, timeout=60, check=True):
         full_env = self.base_env()

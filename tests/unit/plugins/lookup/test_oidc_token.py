@@ -38,7 +38,7 @@ ISSUER = 'https://op.example.org/'
 ENV_VARS = ('OIDC_CONFIG_DIR', 'XDG_RUNTIME_DIR', 'OIDC_TOKENS_ISSUER', 'OIDC_TOKENS_CLIENT_ID', 'OIDC_TOKENS_CLIENT_SECRET',
             'OIDC_TOKENS_CA_PATH', 'OIDC_TOKENS_VALIDATE_CERTS', 'OIDC_TOKENS_TIMEOUT', 'OIDC_TOKENS_RETRIES',
             'OIDC_TOKENS_ENCRYPTION_PASSWORD', 'OIDC_TOKENS_ENCRYPTION_PASSWORD_FILE', 'OIDC_TOKENS_MIN_VALID_PERIOD',
-            'OIDC_TOKENS_VERIFY', 'OIDC_TOKENS_CACHE', 'OIDC_TOKENS_CACHE_DIR', 'REQUESTS_CA_BUNDLE')
+            'OIDC_TOKENS_VERIFY', 'OIDC_TOKENS_CACHE', 'OIDC_TOKENS_CACHE_DIR', 'REQUESTS_CA_BUNDLE', 'OIDC_SOCK')
 
 
 @pytest.fixture(autouse=True)
@@ -224,6 +224,9 @@ TRUST_VARIABLES = [
     ('encryption_password_file', 'oidc_tokens_encryption_password_file', '/tmp/attacker-pw'),
     ('encryption_password_env', 'oidc_tokens_encryption_password_env', 'ATTACKER'),
     ('encryption_password_command', 'oidc_tokens_encryption_password_command', 'touch /tmp/pwned'),
+    ('source', 'oidc_tokens_source', 'agent'),
+    ('agent_socket', 'oidc_tokens_agent_socket', '/tmp/attacker.sock'),
+    ('agent_socket', 'OIDC_SOCK', '/tmp/attacker.sock'),
 ]
 
 
@@ -778,3 +781,130 @@ def test_cache_hit_compiles_nothing_the_collection_loader_loads(filled_cache, tm
     keeps their bytecode. A module added to the hit path without that fails here."""
     out = hit_in_a_fresh_worker(filled_cache, tmp_path)
     assert out['without_bytecode'] == []
+
+
+# -- source=agent -------------------------------------------------------------------------------------
+# The agent's framing and answers: a real UNIX socket server (test_agent.Server); the real oidc-agent runs in
+# tests/functional/test_agent_source.py.
+
+def _jwt(claims):
+    import base64
+
+    def part(data):
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b'=').decode()
+    return '%s.%s.%s' % (part({'alg': 'RS256', 'typ': 'at+jwt'}), part(claims), 'c2lnbmF0dXJl')
+
+
+@pytest.fixture
+def agent(tmp_path):
+    from ansible_collections.oidc.tokens.tests.unit.plugins.module_utils.test_agent import Server
+    tokens = {'default': _jwt({'sub': 'alice', 'exp': 2000000000, 'scope': 'openid storage.read:/'}),
+              'scoped': _jwt({'sub': 'alice', 'exp': 2000000300, 'scope': 'storage.read:/'})}
+
+    def reply(request):
+        token = tokens['scoped'] if request.get('scope') or request.get('audience') else tokens['default']
+        return json.dumps({'status': 'success', 'access_token': token, 'issuer': ISSUER,
+                           'expires_at': 2000000000}).encode()
+
+    server = Server(tmp_path / 'agent.sock', reply)
+    server.tokens = tokens
+    yield server
+    server.stop()
+
+
+def test_source_and_agent_socket_come_only_from_the_controller(monkeypatch):
+    from ansible import constants as C
+    definitions = C.config.get_configuration_definitions('lookup', new_lookup()._load_name)
+    assert definitions['source'].get('default') == 'store'
+    assert not any(definitions['source'].get(key) for key in ('vars', 'env', 'ini'))
+    assert not definitions['agent_socket'].get('vars')
+    monkeypatch.setenv('OIDC_SOCK', '/run/user/1000/oidc-agent.sock')
+    assert options_of({'oidc_tokens_agent_socket': '/tmp/x', 'OIDC_SOCK': '/tmp/y'}).get_option('agent_socket') == \
+        '/run/user/1000/oidc-agent.sock'
+    with pytest.raises(AnsibleError, match='source'):
+        options_of(source='keyring')
+
+
+def test_source_agent_gives_the_agents_token_and_writes_nothing(agent, tmp_path, monkeypatch):
+    monkeypatch.setattr(_tokens, 'access_token', lambda *a, **k: pytest.fail('the store was asked'))
+    cache_dir = tmp_path / 'cache'
+    config_dir = tmp_path / 'accounts'
+    got = new_lookup().run(['wlcg'], variables={'oidc_tokens_min_valid_period': 120}, source='agent',
+                           agent_socket=agent.path, cache_dir=str(cache_dir), config_dir=str(config_dir))
+    assert got == [agent.tokens['default']]
+    assert agent.requests == [{'request': 'access_token', 'account': 'wlcg', 'min_valid_period': 120,
+                               'application_hint': 'oidc.tokens'}]
+    assert not cache_dir.exists() and not config_dir.exists()
+    assert sorted(os.listdir(str(tmp_path))) == ['agent.sock']
+
+
+def test_source_agent_with_oidc_sock_scope_audience_and_query(agent, monkeypatch):
+    monkeypatch.setenv('OIDC_SOCK', agent.path)
+    got = new_lookup().run(['wlcg'], variables={}, source='agent', scope=['storage.read:/'], audience=['se'],
+                           min_valid_period=30, verify=False,
+                           query='{until: expires_at, iss: issuer, scope: scope, sub: claims.sub}')
+    # The agent's expires_at is its default token's; a down-scoped token's own is its exp.
+    assert got == [{'until': 2000000300, 'iss': ISSUER, 'scope': ['storage.read:/'], 'sub': 'alice'}]
+    assert agent.requests[0]['scope'] == 'storage.read:/' and agent.requests[0]['audience'] == 'se'
+    got = new_lookup().run(['wlcg'], variables={}, source='agent', query='[expires_at, scope]')
+    assert got == [[2000000000, ['openid', 'storage.read:/']]]
+
+
+def test_source_agent_force(agent):
+    new_lookup().run(['wlcg'], variables={}, source='agent', agent_socket=agent.path, force=True)
+    assert agent.requests[0]['min_valid_period'] == -1
+
+
+def test_source_agent_errors_fail_the_lookup(tmp_path, monkeypatch):
+    from ansible_collections.oidc.tokens.tests.unit.plugins.module_utils.test_agent import Server
+    monkeypatch.delenv('OIDC_SOCK', raising=False)
+    with pytest.raises(AnsibleError, match='OIDC_SOCK is not set'):
+        new_lookup().run(['wlcg'], variables={}, source='agent')
+    server = Server(tmp_path / 'a.sock', lambda request: b'{"status":"failure","error":"account not loaded"}')
+    try:
+        with pytest.raises(AnsibleError, match='run oidc-add wlcg'):
+            new_lookup().run(['wlcg'], variables={}, source='agent', agent_socket=server.path)
+        with pytest.raises(AnsibleError, match='Invalid account name'):
+            new_lookup().run(['../wlcg'], variables={}, source='agent', agent_socket=server.path)
+    finally:
+        server.stop()
+
+
+AGENT_CHILD = textwrap.dedent(r'''
+    import json, sys
+    root, socket_path = sys.argv[1:3]
+    HEAVY = %r
+
+    class Blocker(object):
+        """Refuses the heavy libraries, as on a controller that lacks them."""
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] in HEAVY:
+                raise ImportError('blocked: %%s' %% name)
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    from ansible.plugins.loader import init_plugin_loader, lookup_loader
+    init_plugin_loader([root])
+    before = set(sys.modules)
+    lookup = lookup_loader.get('oidc.tokens.oidc_token')
+    out = {'token': lookup.run(['wlcg'], variables={}, source='agent', agent_socket=socket_path, scope=['openid'])}
+    out['new'] = sorted(set(sys.modules) - before)
+    print(json.dumps(out))
+''') % (HEAVY,)
+
+
+def test_source_agent_needs_no_heavy_library(agent, tmp_path):
+    """Without claims to verify, source=agent imports neither requests, PyNaCl, cryptography nor the store."""
+    script = tmp_path / 'agent_child.py'
+    script.write_text(AGENT_CHILD)
+    proc = subprocess.run([sys.executable, str(script), _collections_root(), agent.path],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False,
+                          env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=_collections_root()))
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert out['token'] == [agent.tokens['scoped']]
+    heavy = [m for m in out['new'] if m.split('.')[0] in HEAVY or m in OWN_HEAVY]
+    assert heavy == [], 'source=agent imported %s' % heavy
+    prefix = 'ansible_collections.oidc.tokens.plugins.'
+    assert prefix + 'module_utils._agent' in out['new']
+    assert [m for m in out['new'] if m.endswith(('._account_store', '._account_file', '._oauth', '._lookup_miss'))] == []

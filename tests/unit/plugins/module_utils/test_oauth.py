@@ -282,3 +282,45 @@ def test_a_chosen_auth_method_is_never_second_guessed(monkeypatch):
 def test_the_issuer_as_the_provider_names_it(monkeypatch):
     client, _seen = scripted_provider(monkeypatch, [])
     assert client.announced_issuer == ISSUER + '/' and client.issuer == ISSUER.rstrip('/')
+
+
+# -- the device flow (RFC 8628): the answer's shape and the polling deadline; the protocol itself runs against the
+# test provider in tests/functional/test_device_flow.py --------------------------------------------------------
+
+DEVICE_ANSWER = {'device_code': 'dc-secret', 'user_code': 'ABCD-EFGH', 'verification_uri': 'https://op.example/device',
+                 'verification_uri_complete': 'https://op.example/device?user_code=ABCD-EFGH', 'expires_in': 600}
+
+
+def test_device_authorization_defaults_to_a_five_second_interval_and_hides_the_device_code():
+    answer = _oauth.DeviceAuthorization.from_json(DEVICE_ANSWER, ISSUER, received_at=1000)
+    assert (answer.interval, answer.expires_at, answer.user_code) == (5, 1600, 'ABCD-EFGH')
+    assert 'dc-secret' not in repr(answer) and 'ABCD-EFGH' in repr(answer)
+    assert _oauth.DeviceAuthorization.from_json(dict(DEVICE_ANSWER, interval=0), ISSUER).interval == 1
+    assert _oauth.DeviceAuthorization.from_json(dict(DEVICE_ANSWER, interval='7'), ISSUER).interval == 7
+    without = dict(DEVICE_ANSWER)
+    del without['verification_uri_complete']
+    assert _oauth.DeviceAuthorization.from_json(without, ISSUER).verification_uri_complete is None
+
+
+@pytest.mark.parametrize('change, words', [
+    ({'device_code': None}, 'no device_code'),
+    ({'user_code': ''}, 'no user_code'),
+    ({'expires_in': 0}, 'no positive expires_in'),
+    ({'expires_in': None}, 'no positive expires_in'),
+    ({'interval': 'soon'}, 'non-numeric interval'),
+    ({'verification_uri': 'javascript:alert(1)'}, 'not http(s)'),
+    ({'verification_uri_complete': 'file:///etc/passwd'}, 'not http(s)'),
+])
+def test_unusable_device_authorization_answers_are_clear_errors(change, words):
+    with pytest.raises(ResponseError) as info:
+        _oauth.DeviceAuthorization.from_json(dict(DEVICE_ANSWER, **change), ISSUER)
+    assert words in str(info.value) and 'dc-secret' not in str(info.value)
+
+
+def test_polling_stops_before_a_poll_that_would_end_after_the_deadline():
+    client = OAuthClient(ISSUER, 'device-client')
+    slept = []
+    with pytest.raises(_oauth.DeviceFlowError) as info:
+        client.poll_device_token('dc-secret', 5, deadline=1004, sleep=slept.append, clock=lambda: 1000.0)
+    assert info.value.reason == 'timeout' and slept == [] and 'dc-secret' not in str(info.value)
+    assert 'Nobody approved the device login' in str(info.value)
