@@ -329,7 +329,7 @@ def query_needs_claims(parsed):
 
 
 class LookupModule(LookupBase):
-    """Options in, one call to the token cache per account, the token (or the query's part of it) out."""
+    """Options in, one call per account (to the token cache, or to the running oidc-agent), the token (or the query's part of it) out."""
 
     def run(self, terms, variables=None, **kwargs):
         self._set_lookup_options(variables, kwargs)
@@ -341,48 +341,43 @@ class LookupModule(LookupBase):
         if compiled is not None and query_needs_claims(compiled.parsed):
             claims = 'verify' if get('verify') else 'decode'
         if get('source') == 'agent':
-            return self._from_agent(terms, compiled, claims)
+            token_of = self._agent_token_getter(claims)
+        else:
+            token_of = self._cached_token_getter(claims)
+
+        results = []
+        for term in terms:
+            if not isinstance(term, str) or not term:
+                raise AnsibleError('The lookup oidc.tokens.oidc_token takes account names, not %r.' % (term,))
+            try:
+                token = token_of(str(term))
+            except OidcTokensError as exc:
+                raise AnsibleError(str(exc)) from None
+            if compiled is None:
+                results.append(token['access_token'])
+            else:
+                results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
+        return results
+
+    def _cached_token_getter(self, claims):
+        """An account's token through the token cache; a miss goes to the shared token layer (_tokens)."""
+        get = self.get_option
         cache = TokenCache(get('cache_dir'), enabled=get('cache'), warn=display.warning)
         selectors = dict((option, get(option)) for option in ('scope', 'audience', 'resource', 'issuer', 'client_id'))
 
-        results = []
-        for term in terms:
-            if not isinstance(term, str) or not term:
-                raise AnsibleError('The lookup oidc.tokens.oidc_token takes account names, not %r.' % (term,))
-            name = str(term)
-
-            def fetch(force, claims_mode, name=name):   # a miss: the shared token layer, _tokens.access_token
+        def token_of(name):
+            def fetch(force, claims_mode):
                 from ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_miss import fetch_token
                 return fetch_token(get, name, force, claims_mode, display.warning)
 
-            try:
-                token = cache.token(get('config_dir'), name, fetch, get('min_valid_period'), get('force'), claims,
-                                    selectors)
-            except OidcTokensError as exc:
-                raise AnsibleError(str(exc)) from None
-            if compiled is None:
-                results.append(token['access_token'])
-            else:
-                results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
-        return results
+            return cache.token(get('config_dir'), name, fetch, get('min_valid_period'), get('force'), claims, selectors)
+        return token_of
 
-    def _from_agent(self, terms, compiled, claims):
-        """source=agent: each term's token from the running oidc-agent; no cache, no file."""
+    def _agent_token_getter(self, claims):
+        """source=agent: an account's token from the running oidc-agent; no cache, no file."""
         from ansible_collections.oidc.tokens.plugins.plugin_utils._lookup_agent import agent_token
 
-        results = []
-        for term in terms:
-            if not isinstance(term, str) or not term:
-                raise AnsibleError('The lookup oidc.tokens.oidc_token takes account names, not %r.' % (term,))
-            try:
-                token = agent_token(self.get_option, str(term), claims)
-            except OidcTokensError as exc:
-                raise AnsibleError(str(exc)) from None
-            if compiled is None:
-                results.append(token['access_token'])
-            else:
-                results.append(compiled.search(dict((field, token.get(field)) for field in QUERY_FIELDS)))
-        return results
+        return lambda name: agent_token(self.get_option, name, claims)
 
     def _set_lookup_options(self, variables, direct):
         definitions = C.config.get_configuration_definitions('lookup', self._load_name) or {}

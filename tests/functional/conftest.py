@@ -49,6 +49,15 @@ if SUPPORT_DIR not in sys.path:
     sys.path.insert(0, SUPPORT_DIR)
 
 from provider import Provider  # noqa: E402  (needs SUPPORT_DIR on sys.path)
+from store_helpers import oidc_agent_missing  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def needs_oidc_agent():
+    """Debian's oidc-agent, which scripts/setup installs: without it the module's tests fail, never skip."""
+    why = oidc_agent_missing()
+    if why:
+        pytest.fail(why)
 
 
 @pytest.fixture(scope='session')

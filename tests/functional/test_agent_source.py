@@ -31,7 +31,7 @@ import pytest
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 
-from store_helpers import PW_ENV, OidcAgent, introspect, oidc_agent_missing
+from store_helpers import PW_ENV, OidcAgent, introspect
 
 PASSWORD = 'agent-source-pass-phrase'
 LOCK_PASSWORD = 'agent-lock-pass-phrase'
@@ -40,11 +40,7 @@ CLIENT = 'user-cli'   # see test_store_oidc_agent.py: oidc-agent 4.2.6's Basic a
 BIN = os.path.dirname(sys.executable)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _needs_oidc_agent():
-    why = oidc_agent_missing()
-    if why:
-        pytest.fail(why)
+pytestmark = pytest.mark.usefixtures('needs_oidc_agent')
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 
-from store_helpers import OidcAgent, introspect, oidc_agent_missing, refresh_raw
+from store_helpers import OidcAgent, introspect, refresh_raw
 
 PASSWORD = 'interop-pass-phrase'
 SCOPE = 'openid profile offline_access'
@@ -35,11 +35,7 @@ SCOPE = 'openid profile offline_access'
 CLIENT = 'user-cli'
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _needs_oidc_agent():
-    why = oidc_agent_missing()
-    if why:
-        pytest.fail(why)
+pytestmark = pytest.mark.usefixtures('needs_oidc_agent')
 
 
 @pytest.fixture
