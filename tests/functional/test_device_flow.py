@@ -2,7 +2,8 @@
 the built collection and the test provider (node-oidc-provider's device flow, with its own login and consent
 pages), and a scripted user (tests/support/device_user.py) who reads the code from the play's output while the
 play waits, then approves, denies, or never answers. The provider records every poll of every device code
-(Provider.device_codes), which is how intervals and slow_down are measured.
+(Provider.device_codes), which is how intervals and slow_down are measured. The last tests log in at Keycloak
+(its device pages, login and consent; tests/keycloak/realm.json has the device clients).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import time
 
 import pytest
 
-from device_user import DeviceUser   # conftest puts tests/support on sys.path
+from device_user import DeviceUser, KeycloakDeviceUser   # conftest puts tests/support on sys.path
 from fault_proxy import FaultProxy
+from keycloak import Keycloak
 
 from ansible_collections.oidc.tokens.plugins.module_utils._account_store import AccountStore
 from ansible_collections.oidc.tokens.plugins.module_utils._oauth import DeviceFlowError, OAuthClient
@@ -43,6 +45,7 @@ LOGIN_TASK = '''
         login_timeout: "{{ login_timeout | default(omit) }}"
         device_code: "{{ internal_device_code | default(omit) }}"
         force: "{{ force | default(false) }}"
+        ca_path: "{{ ca_path | default(omit) }}"
       register: login
 '''
 
@@ -52,13 +55,15 @@ USE_TASKS = '''
         name: "{{ account }}"
         config_dir: "{{ config_dir }}"
         encryption_password_env: ACCOUNT_PASSWORD
+        ca_path: "{{ ca_path | default(omit) }}"
         min_valid_period: 5
       register: first
       no_log: true
 
     - name: The token works at userinfo
       ansible.builtin.uri:
-        url: "{{ issuer }}/me"
+        url: "{{ userinfo }}"
+        ca_path: "{{ ca_path | default(omit) }}"
         headers: {Authorization: "Bearer {{ first.access_token }}"}
       register: me
       no_log: true
@@ -68,13 +73,15 @@ USE_TASKS = '''
         name: "{{ account }}"
         config_dir: "{{ config_dir }}"
         encryption_password_env: ACCOUNT_PASSWORD
+        ca_path: "{{ ca_path | default(omit) }}"
         force: true
       register: second
       no_log: true
 
     - name: The refreshed token works at userinfo too
       ansible.builtin.uri:
-        url: "{{ issuer }}/me"
+        url: "{{ userinfo }}"
+        ca_path: "{{ ca_path | default(omit) }}"
         headers: {Authorization: "Bearer {{ second.access_token }}"}
       register: me_again
       no_log: true
@@ -184,7 +191,7 @@ def project(built_collection, tmp_path):
             (tmp_path / 'play.yml').write_text(play_text(use))
             entry = provider.client(client)
             variables = dict(variables, account=account, issuer=provider.issuer, client_id=client,
-                             config_dir=self.config_dir, out_dir=str(self.out_dir),
+                             config_dir=self.config_dir, out_dir=str(self.out_dir), userinfo=provider.userinfo_endpoint,
                              user_sub=provider.user('alice')['sub'])
             args = [os.path.join(BIN, 'ansible-playbook'), '-i', 'inventory', 'play.yml', '-v']
             for key, value in variables.items():
@@ -424,3 +431,47 @@ def test_the_poll_loop_reports_the_providers_expired_token(short_provider):
     with pytest.raises(DeviceFlowError) as info:
         client.poll_device_token(authorization.device_code, authorization.interval, time.time() + 60)
     assert info.value.reason == 'expired_token' and 'expired before anybody approved it' in str(info.value)
+
+
+# -- Keycloak ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def keycloak(tmp_path_factory):
+    # TLS: Keycloak's login cookies are Secure. The plays get its CA as ca_path, the scripted user as verify.
+    instance = Keycloak(tls=True, workdir=str(tmp_path_factory.mktemp('keycloak'))).start()
+    yield instance
+    instance.stop()
+
+
+@pytest.mark.parametrize('client, how', [(PUBLIC, 'types the code'), (CONFIDENTIAL, 'opens the complete URI')])
+def test_keycloak_a_user_who_approves_gets_an_account_whose_tokens_work_and_refresh(project, keycloak, client, how):
+    play = project.start(keycloak, use=True, client=client, ca_path=keycloak.ca_path)
+    uri, user_code, complete = login_of(play)
+    assert complete == '%s?user_code=%s' % (uri, user_code) and uri == keycloak.url + '/device'
+    user = KeycloakDeviceUser(verify=keycloak.ca_path)
+    if how == 'types the code':
+        assert user.approve(uri, user_code, 'alice', 'alice-pw') == 'Device Login Successful'
+    else:
+        assert user.approve(complete, None, 'alice', 'alice-pw') == 'Device Login Successful'
+    assert play.finish() == 0, play.output[-5000:]
+
+    # The play used the account's access token at userinfo, refreshed it, and used the new one.
+    account = project.store().load('dev1', PASSWORD)
+    assert account['client_id'] == client and account.meta['source'] == 'device_flow'
+    assert {'offline_access', 'storage.read:/'} <= set(account['scope'].split())
+    assert bool(account['client_secret']) == (client == CONFIDENTIAL)
+    output = play.output
+    tokens = [(project.out_dir / name).read_text() for name in ('first', 'second')]
+    assert_no_secret(output, account['refresh_token'], *tokens)
+    assert 'enter the code %s' % user_code in output
+
+
+def test_keycloak_a_user_who_denies_at_the_consent_gets_a_clear_error_and_nothing_is_written(project, keycloak):
+    play = project.start(keycloak, account='denied', ca_path=keycloak.ca_path)
+    uri, user_code, _complete = login_of(play)
+    assert KeycloakDeviceUser(verify=keycloak.ca_path).deny_consent(uri, user_code, 'alice', 'alice-pw') == \
+        'Device Login Failed'
+    assert play.finish() != 0
+    output = play.output
+    assert 'The user denied the device login at %s (access_denied)' % keycloak.issuer in output, output[-3000:]
+    assert not project.store().exists('denied')

@@ -9,7 +9,8 @@ without JavaScript: open the verification URI, enter (or confirm) the user code,
     user.deny_consent(verification_uri, user_code, 'alice', 'alice-pw')   # logs in, then "Deny" at the consent
 
 The pages are node-oidc-provider's own (user code input, confirmation, success) and the test provider's login
-and consent pages (tests/provider/interactions.mjs). Standard library and requests only; a form is posted
+and consent pages (tests/provider/interactions.mjs); KeycloakDeviceUser does the same on Keycloak's pages (code,
+login, consent, status). Standard library and requests only; a form is posted
 with its hidden inputs and the button a user would press, to the form's action, and redirects are followed
 the way a browser follows them.
 """
@@ -34,7 +35,9 @@ class _Forms(HTMLParser):
         super().__init__()
         self.forms = []
         self.title = ''
+        self.heading = ''   # the first <h1>
         self._in_title = False
+        self._in_heading = False
         self._current = None
         self._loose_buttons = []
 
@@ -42,6 +45,8 @@ class _Forms(HTMLParser):
         attrs = dict(attrs)
         if tag == 'title':
             self._in_title = True
+        elif tag == 'h1' and not self.heading:
+            self._in_heading = True
         elif tag == 'form':
             self._current = {'id': attrs.get('id'), 'action': attrs.get('action') or '',
                              'method': (attrs.get('method') or 'get').lower(), 'inputs': {}, 'buttons': []}
@@ -60,12 +65,16 @@ class _Forms(HTMLParser):
     def handle_endtag(self, tag):
         if tag == 'title':
             self._in_title = False
+        elif tag == 'h1':
+            self._in_heading = False
         elif tag == 'form':
             self._current = None
 
     def handle_data(self, data):
         if self._in_title:
             self.title += data
+        if self._in_heading:
+            self.heading += data
 
     def _form_for(self, attrs):
         if attrs.get('form'):
@@ -79,6 +88,7 @@ class _Forms(HTMLParser):
             if form is not None:
                 form['buttons'].append((name, value, form_id))
         self.title = ' '.join(self.title.split())
+        self.heading = ' '.join(self.heading.split())
 
 
 def parse_page(html):
@@ -95,6 +105,9 @@ class DeviceUser:
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.verify = verify
+        # What a browser asks for: Keycloak serves the device authorization endpoint (JSON) and the user's device
+        # pages at one resource, and picks by Accept.
+        self.session.headers['Accept'] = 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'
         self.timeout = timeout
         self.pages = []     # the titles of the pages seen, in order
 
@@ -180,6 +193,36 @@ class DeviceUser:
     def _expect(page, title):
         if page.title != title:
             raise DeviceUserError('expected the page %r, got %r: %s' % (title, page.title, page.text[:500]))
+
+
+class KeycloakDeviceUser(DeviceUser):
+    """The scripted user on Keycloak's pages: the code form (skipped with the complete URI), the login form, the
+    consent ("Yes" / "No"), then the status page, whose heading says how it ended."""
+
+    def approve(self, verification_uri, user_code, username, password):
+        """Returns the status page's heading ('Device Login Successful')."""
+        page = self._consent_page(verification_uri, user_code, username, password)
+        page = self._submit(page, None, button=('accept', ''))
+        return page.heading
+
+    def deny_consent(self, verification_uri, user_code, username, password):
+        page = self._consent_page(verification_uri, user_code, username, password)
+        page = self._submit(page, None, button=('cancel', ''))
+        return page.heading
+
+    def deny(self, verification_uri, user_code):
+        raise NotImplementedError("Keycloak's device pages have no way to refuse before the login")
+
+    def _consent_page(self, verification_uri, user_code, username, password):
+        page = self._get(verification_uri)
+        if user_code:
+            page.form('kc-user-verify-device-user-code-form')['inputs']['device_user_code'] = user_code
+            page = self._submit(page, 'kc-user-verify-device-user-code-form')
+        page.form('kc-form-login')['inputs'].update(username=username, password=password)
+        page = self._submit(page, 'kc-form-login')
+        if not any(button[0] == 'accept' for form in page.forms for button in form['buttons']):
+            raise DeviceUserError('expected the consent page after the login, got %r: %s' % (page.heading, page.text[:500]))
+        return page
 
 
 def _form_by_id(page, form_id):

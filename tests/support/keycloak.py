@@ -66,7 +66,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from provider import (  # noqa: E402  (tests/support on sys.path)
-    _LIVE, GRANT_TOKEN_EXCHANGE, ProviderError, LocalOpenIDServer, cli_counts, cli_user_token, load_config,
+    _LIVE, GRANT_DEVICE_CODE, GRANT_TOKEN_EXCHANGE, ProviderError, LocalOpenIDServer, cli_counts, cli_user_token, load_config,
     make_tls_material, read_json, write_state, _is_ip)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -388,6 +388,8 @@ def _client_entry(client, auth_methods):
         grants.append('password')
     if attributes.get('standard.token.exchange.enabled') == 'true':
         grants.append(GRANT_TOKEN_EXCHANGE)
+    if attributes.get('oauth2.device.authorization.grant.enabled') == 'true':
+        grants.append(GRANT_DEVICE_CODE)
     if attributes.get('use.refresh.tokens', 'true') == 'true':
         grants.append('refresh_token')
     return {
@@ -695,6 +697,10 @@ class Keycloak(LocalOpenIDServer):
     @property
     def introspection_endpoint(self):
         return self.url + '/protocol/openid-connect/token/introspect'
+
+    @property
+    def userinfo_endpoint(self):
+        return self.url + '/protocol/openid-connect/userinfo'
 
     @property
     def jwks_uri(self):

@@ -51,6 +51,7 @@ DEFAULT_USER_SCOPE = 'openid profile offline_access storage.read:/ compute.read'
 USER_CLIENT = 'user-cli'
 
 GRANT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
+GRANT_DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code'
 TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token'
 TOKEN_TYPE_REFRESH = 'urn:ietf:params:oauth:token-type:refresh_token'
 TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt'
@@ -480,6 +481,10 @@ class Provider(LocalOpenIDServer):
     @property
     def introspection_endpoint(self):
         return self.url + '/token/introspection'
+
+    @property
+    def userinfo_endpoint(self):
+        return self.url + '/me'
 
     @property
     def jwks_uri(self):
