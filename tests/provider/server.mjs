@@ -324,6 +324,10 @@ provider.on('access_token.issued', (token) => {
   // "issued" (not "saved") is what a JWT access token emits.
   jwtAccessTokens.set(token.jti, { grantId: token.grantId, seen: Date.now() });
 });
+// Why userinfo refused a token: its answer's description is generic ("invalid token provided").
+provider.on('userinfo.error', (ctx, err) => {
+  process.stderr.write(`test-provider: userinfo refused the token: ${err.error_detail || err.message}\n`);
+});
 provider.on('server_error', (ctx, err) => {
   process.stderr.write(`test-provider: server_error ${ctx.method} ${ctx.path}: ${err.stack || err}\n`);
 });
