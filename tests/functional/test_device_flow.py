@@ -233,6 +233,26 @@ def gaps_honour_the_interval(code):
     return interval
 
 
+def approved_login(project, provider, user, success, client, how, **variables):
+    """The play that logs in and uses the account (the token at userinfo, a forced refresh, the new token), with
+    ``user`` approving as ``how`` says; the play must succeed and the account be the device login's.
+    Returns (play, account, (verification URI, user code, complete URI))."""
+    play = project.start(provider, use=True, client=client, **variables)
+    uri, user_code, complete = login_of(play)
+    assert complete == '%s?user_code=%s' % (uri, user_code) and uri == provider.url + '/device'
+    if how == 'types the code':
+        assert user.approve(uri, user_code, 'alice', 'alice-pw') == success
+    else:
+        assert user.approve(complete, None, 'alice', 'alice-pw') == success
+    assert play.finish() == 0, play.output[-5000:]
+
+    account = project.store().load('dev1', PASSWORD)
+    assert account['client_id'] == client and account.meta['source'] == 'device_flow'
+    assert 'offline_access' in account['scope'].split() and 'storage.read:/' in account['scope'].split()
+    assert bool(account['client_secret']) == (client == CONFIDENTIAL)
+    return play, account, (uri, user_code, complete)
+
+
 def assert_no_secret(output, *secrets):
     for secret in secrets:
         assert secret and secret not in output
@@ -242,20 +262,8 @@ def assert_no_secret(output, *secrets):
 def test_a_user_who_approves_gets_an_account_whose_tokens_work_and_refresh(project, device_provider, client, how):
     provider = device_provider
     refreshes = provider.request_counts()['requests']['refresh']
-    play = project.start(provider, use=True, client=client)
-    uri, user_code, complete = login_of(play)
-    assert complete == '%s?user_code=%s' % (uri, user_code) and uri == provider.url + '/device'
-    user = DeviceUser(verify=provider.verify)
-    if how == 'types the code':
-        assert user.approve(uri, user_code, 'alice', 'alice-pw') == 'Sign-in Success'
-    else:
-        assert user.approve(complete, None, 'alice', 'alice-pw') == 'Sign-in Success'
-    assert play.finish() == 0, play.output[-5000:]
-
-    account = project.store().load('dev1', PASSWORD)
-    assert account['client_id'] == client and account.meta['source'] == 'device_flow'
-    assert 'offline_access' in account['scope'].split() and 'storage.read:/' in account['scope'].split()
-    assert bool(account['client_secret']) == (client == CONFIDENTIAL)
+    play, account, (uri, user_code, complete) = approved_login(project, provider, DeviceUser(verify=provider.verify),
+                                                               'Sign-in Success', client, how)
     assert provider.introspect(account['refresh_token'])['active'] is True
     assert provider.request_counts()['requests']['refresh'] > refreshes
 
@@ -445,21 +453,9 @@ def keycloak(tmp_path_factory):
 
 @pytest.mark.parametrize('client, how', [(PUBLIC, 'types the code'), (CONFIDENTIAL, 'opens the complete URI')])
 def test_keycloak_a_user_who_approves_gets_an_account_whose_tokens_work_and_refresh(project, keycloak, client, how):
-    play = project.start(keycloak, use=True, client=client, ca_path=keycloak.ca_path)
-    uri, user_code, complete = login_of(play)
-    assert complete == '%s?user_code=%s' % (uri, user_code) and uri == keycloak.url + '/device'
-    user = KeycloakDeviceUser(verify=keycloak.ca_path)
-    if how == 'types the code':
-        assert user.approve(uri, user_code, 'alice', 'alice-pw') == 'Device Login Successful'
-    else:
-        assert user.approve(complete, None, 'alice', 'alice-pw') == 'Device Login Successful'
-    assert play.finish() == 0, play.output[-5000:]
-
-    # The play used the account's access token at userinfo, refreshed it, and used the new one.
-    account = project.store().load('dev1', PASSWORD)
-    assert account['client_id'] == client and account.meta['source'] == 'device_flow'
-    assert {'offline_access', 'storage.read:/'} <= set(account['scope'].split())
-    assert bool(account['client_secret']) == (client == CONFIDENTIAL)
+    play, account, (_uri, user_code, _complete) = approved_login(
+        project, keycloak, KeycloakDeviceUser(verify=keycloak.ca_path), 'Device Login Successful', client, how,
+        ca_path=keycloak.ca_path)
     output = play.output
     tokens = [(project.out_dir / name).read_text() for name in ('first', 'second')]
     assert_no_secret(output, account['refresh_token'], *tokens)

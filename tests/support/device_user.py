@@ -210,9 +210,6 @@ class KeycloakDeviceUser(DeviceUser):
         page = self._submit(page, None, button=('cancel', ''))
         return page.heading
 
-    def deny(self, verification_uri, user_code):
-        raise NotImplementedError("Keycloak's device pages have no way to refuse before the login")
-
     def _consent_page(self, verification_uri, user_code, username, password):
         page = self._get(verification_uri)
         if user_code:
