@@ -71,10 +71,11 @@ print(r.json()['access_token'])
 class World(object):
     def __init__(self, provider_factory, workdir):
         self.dir = str(workdir)
-        # Exchanged access tokens live 4 s, so the refresher rotates refresh tokens several times while the
-        # job runs; the user's own (subject) tokens live 120 s, so a busy controller cannot let one expire
-        # between templating a task and the module's exchange.
-        self.op, self.proxy = proxied_provider(provider_factory, record_secrets=True, at_ttl=4, user_at_ttl=120)
+        # Exchanged access tokens live 12 s: the refresher (asked for 8 s of validity) rotates refresh tokens
+        # several times while the job runs, and a token used in the task after the one that got it still
+        # has 9 s (a busy CI took more than 3 s between two tasks). The user's own (subject) tokens live
+        # 120 s, so a busy controller cannot let one expire between templating a task and the exchange.
+        self.op, self.proxy = proxied_provider(provider_factory, record_secrets=True, at_ttl=12, user_at_ttl=120)
         self.issuer = self.proxy.url
         self.scanner = SecretScanner()
         self.observed = {}        # path -> set of contents seen while a flow ran
@@ -136,10 +137,10 @@ def flow_a_tasks():
     exchange = dict(store, name=ACCOUNT, issuer='{{ issuer }}', client_id=EXCHANGER, client_secret=ENV % 'EV_SECRET',
                     subject_token="{{ lookup('ansible.builtin.pipe', subject_helper) }}",
                     scope=['openid', 'compute.read'], lifetime=3600)
-    # Access tokens live 4 s here (see World): a token used in the next task must have 3 s left, or a busy
-    # controller lets it expire between the two tasks.
+    # Access tokens live 12 s here (see World): a token used in the next task is asked with 9 s left, or a
+    # busy controller lets it expire between the two tasks.
     lookup = ("lookup('oidc.tokens.oidc_token', '%s', config_dir=config_dir, encryption_password_env='EV_PW', "
-              "min_valid_period=3" % ACCOUNT)
+              "min_valid_period=9" % ACCOUNT)
     account = dict(store, name='imported', issuer='{{ issuer }}', client_id='user-cli',
                    client_secret=ENV % 'EV_USERCLI_SECRET', refresh_token=ENV % 'EV_USER_RT',
                    scope=['openid', 'offline_access', 'compute.read'])
@@ -148,7 +149,7 @@ def flow_a_tasks():
         {'name': 'exchange again (no change)', 'oidc.tokens.oidc_token_exchange': exchange},
         {'name': 'exchange in check and diff mode', 'oidc.tokens.oidc_token_exchange': dict(exchange, force=True),
          'check_mode': True, 'diff': True},
-        {'name': 'token', 'oidc.tokens.oidc_token': dict(store, name=ACCOUNT, min_valid_period=3),
+        {'name': 'token', 'oidc.tokens.oidc_token': dict(store, name=ACCOUNT, min_valid_period=9),
          'register': 'job1_token', 'no_log': True},
         {'name': 'use the token at the userinfo endpoint', 'ansible.builtin.uri': {
             'url': '{{ userinfo_url }}', 'headers': {'Authorization': 'Bearer {{ job1_token.access_token }}'},
@@ -306,7 +307,7 @@ def test_flow_b_job_tokens_role(world):
                 'job_tokens_subject_token': "{{ lookup('ansible.builtin.pipe', '%s') }}" % helper,
                 'job_tokens_password': ENV % 'EV_JOB_PW',
                 'job_tokens_scope': ['openid', 'compute.read'], 'job_tokens_lifetime': 3600,
-                'job_tokens_min_valid_period': 1, 'job_tokens_start_timeout': 30,
+                'job_tokens_min_valid_period': 8, 'job_tokens_start_timeout': 30,
                 'job_tokens_prefix': os.path.join(shared, 'prefix'),
                 'job_command': 'for i in 1 2 3 4 5 6 7 8; do test -s "$BEARER_TOKEN_FILE" || exit 9; sleep 1; done',
                 'job_poll': 1,
