@@ -100,8 +100,9 @@ class ProviderError(OAuthError):
 
 class DeviceFlowError(OAuthError):
     """The device authorization grant ended without tokens: ``reason`` is 'access_denied' (the user said no),
-    'expired_token' (the provider says the device code expired) or 'timeout' (the client gave up at the code's
-    expiry or at the caller's limit)."""
+    'expired_token' (the provider says the device code expired), 'timeout' (the client gave up at the code's
+    expiry or at the caller's limit) or 'consent_race' (the provider refused an approved login because it had not
+    saved the consent yet)."""
 
     def __init__(self, message, reason):
         super(DeviceFlowError, self).__init__(message)
@@ -521,6 +522,14 @@ class OAuthClient(object):
                 if exc.error == 'expired_token':
                     raise DeviceFlowError('The user code of the device login at %s expired before anybody approved it '
                                           '(expired_token). Start the login again.' % self.issuer, 'expired_token')
+                if exc.error == 'invalid_scope' and 'consent' in (exc.error_description or ''):
+                    # Keycloak marks the code approved before it commits the consent; a poll in between is refused
+                    # for a client with "Consent required" on, and the device code is spent.
+                    raise DeviceFlowError(
+                        '%s The user approved, but the provider had not yet saved the consent when this poll came (a '
+                        'race in Keycloak for clients with "Consent required" on): start the login again. The '
+                        'provider\'s admin can turn "Consent required" off for the device client; Keycloak still asks '
+                        'for consent at every device login.' % exc, 'consent_race')
                 raise
 
     def jwks(self):

@@ -413,18 +413,15 @@ if [ "$KIND" = node-oidc-provider ]; then
 
     # --- 5. the systemd units ------------------------------------------------------------------------------
     say "5. the systemd units pass systemd-analyze verify"
-    if command -v systemd-analyze >/dev/null 2>&1; then
-        unit=$(helper "$TARGET_DIR/render_units.py" "$WORK/units" oidcjob1 "$ACCOUNT")
-        [ "$unit" = "oidc-tokens-refresher-oidcjob1-$ACCOUNT" ] || die "the unit is named $unit"
-        if ! systemd-analyze verify --man=no "$WORK/units/$unit.service" "$WORK/units/$unit.timer" >"$WORK/verify.log" 2>&1 ||
-                grep -F "$WORK/units" "$WORK/verify.log"; then
-            cat "$WORK/verify.log"
-            die "systemd-analyze verify found fault with the units"
-        fi
-        echo "ok: $unit.service and $unit.timer verify"
-    else
-        echo "skipped: no systemd-analyze (Debian package systemd)"
+    command -v systemd-analyze >/dev/null 2>&1 || die "no systemd-analyze: scripts/setup installs Debian's systemd"
+    unit=$(helper "$TARGET_DIR/render_units.py" "$WORK/units" oidcjob1 "$ACCOUNT")
+    [ "$unit" = "oidc-tokens-refresher-oidcjob1-$ACCOUNT" ] || die "the unit is named $unit"
+    if ! systemd-analyze verify --man=no "$WORK/units/$unit.service" "$WORK/units/$unit.timer" >"$WORK/verify.log" 2>&1 ||
+            grep -F "$WORK/units" "$WORK/verify.log"; then
+        cat "$WORK/verify.log"
+        die "systemd-analyze verify found fault with the units"
     fi
+    echo "ok: $unit.service and $unit.timer verify"
 
     # --- 7. the runtime directory, and cron bringing a dead refresher back ------------------------------
     say "7. a job user with a runtime directory gets the token there; cron restarts a refresher that died"

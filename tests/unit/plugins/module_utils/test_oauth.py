@@ -324,3 +324,25 @@ def test_polling_stops_before_a_poll_that_would_end_after_the_deadline():
         client.poll_device_token('dc-secret', 5, deadline=1004, sleep=slept.append, clock=lambda: 1000.0)
     assert info.value.reason == 'timeout' and slept == [] and 'dc-secret' not in str(info.value)
     assert 'Nobody approved the device login' in str(info.value)
+
+
+def test_an_approved_login_that_keycloak_refuses_for_a_consent_not_yet_saved_says_to_log_in_again(monkeypatch):
+    """Keycloak 26 marks the device code approved before it commits the user's consent; for a client with "Consent
+    required" on, a poll in between gets invalid_scope and the device code is spent."""
+    refused = FakeResponse(json.dumps({'error': 'invalid_scope', 'error_description':
+                                       'Client no longer has requested consent from user'}).encode(), 400)
+    client, seen = scripted_provider(monkeypatch, [refused])
+    with pytest.raises(_oauth.DeviceFlowError) as info:
+        client.poll_device_token('dc-secret', 1, deadline=2000, sleep=lambda seconds: None, clock=lambda: 1000.0)
+    assert info.value.reason == 'consent_race' and len(seen) == 1
+    assert 'Client no longer has requested consent from user' in str(info.value)
+    assert 'start the login again' in str(info.value) and 'dc-secret' not in str(info.value)
+
+
+def test_other_refusals_of_a_device_poll_are_the_provider_s_error(monkeypatch):
+    refused = FakeResponse(json.dumps({'error': 'invalid_scope', 'error_description': 'unknown scope'}).encode(), 400)
+    client, _seen = scripted_provider(monkeypatch, [refused])
+    with pytest.raises(ProviderError) as info:
+        client.poll_device_token('dc-secret', 1, deadline=2000, sleep=lambda seconds: None, clock=lambda: 1000.0)
+    assert info.value.error == 'invalid_scope' and 'unknown scope' in str(info.value)
+    assert 'login again' not in str(info.value)
