@@ -529,7 +529,8 @@ def finish_device_login(store, name, password, client, get):
     until ``get('device_deadline')``, and keep the refresh token as account ``name``, made and stored the way
     ``exchange_account`` makes and stores one (an existing account is replaced and its refresh token revoked).
 
-    Raises DeviceFlowError (denied, expired, timed out) or NoRefreshTokenError; nothing is written then.
+    Raises DeviceFlowError (denied, expired, timed out, refused for a consent not yet saved) or NoRefreshTokenError;
+    nothing is written then.
     Returns the module result: changed, account (facts, no secret), diff, msg, warnings.
     """
     path = store.path(name)
